@@ -1,0 +1,43 @@
+# The front door. Every target bootstraps .venv on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-unit test-integration lint typecheck schema clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "reftrack needs Python >= 3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## Run the whole pipeline on this machine (broker, worker, simulator, dashboard) until Ctrl-C.
+demo: venv
+	$(BIN)/reftrack demo
+
+## The test suite: unit (pure), then integration (embedded broker + real worker + chDB).
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+test-unit: venv
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: venv
+	$(BIN)/python -m pytest -q tests/integration
+
+lint: venv
+	$(BIN)/ruff check schemas streams sinks tests
+
+typecheck: venv
+	$(BIN)/mypy
+
+## Re-export the canonical event JSON Schema for upstream producers.
+schema: venv
+	$(BIN)/python -m schemas.export
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

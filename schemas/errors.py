@@ -1,0 +1,52 @@
+"""Machine-readable reasons a message is rejected (the DLQ's `error_code`).
+
+One enum, one table in docs/dlq.md: upstream teams key their alerting and fixes on
+these codes, so a code's meaning never changes once released.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Why a message went to the dead-letter queue."""
+
+    TOO_LARGE = "too_large"
+    """The message is over the 64 KiB limit."""
+    INVALID_ENCODING = "invalid_encoding"
+    """The bytes are not valid UTF-8."""
+    INVALID_JSON = "invalid_json"
+    """The text is not JSON."""
+    NOT_AN_OBJECT = "not_an_object"
+    """The JSON is not an object."""
+    MISSING_FIELD = "missing_field"
+    """A required top-level field is absent or null."""
+    INVALID_FIELD = "invalid_field"
+    """A top-level field has the wrong type, length or format."""
+    UNKNOWN_TYPE = "unknown_type"
+    """`type` is not one of the canonical event types."""
+    UNKNOWN_SOURCE = "unknown_source"
+    """`source` is not one of the canonical sources."""
+    NAIVE_TIMESTAMP = "naive_timestamp"
+    """A timestamp has no UTC offset."""
+    FUTURE_TIMESTAMP = "future_timestamp"
+    """`occurred_at` is more than 24 h after ingestion (clock skew)."""
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+    """A timestamp is before 1900 or after 2262, outside what is stored."""
+    MISSING_DATA_FIELD = "missing_data_field"
+    """A field the event type requires in `data` is absent."""
+    INVALID_DATA_FIELD = "invalid_data_field"
+    """A field in `data` has the wrong type or value."""
+    INTERNAL_ERROR = "internal_error"
+    """The pipeline failed on this message; a bug to report, the message is kept."""
+
+
+class EventRejected(ValueError):
+    """A message that cannot become a canonical event; carries the DLQ code."""
+
+    def __init__(self, code: ErrorCode, message: str, field: str | None = None) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.detail = message
+        self.field = field

@@ -1,0 +1,1 @@
+"""Where the data lands: ClickHouse, through clickhouse-connect (chdb:// or http(s)://)."""

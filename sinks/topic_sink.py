@@ -1,0 +1,225 @@
+"""Copy one topic into one ClickHouse table, in batches, exactly-once in effect.
+
+The sink has its own consumer group and commits a batch's offsets only after the rows
+are in ClickHouse, so a crash replays at most the unflushed batch; the tables are
+ReplacingMergeTree keyed on a version, so a replayed row changes nothing. Kafka stays
+the source of truth: resetting the group's offsets rebuilds the table.
+
+Flushes happen at `batch_rows` rows or `flush_seconds` after the first buffered row.
+While ClickHouse fails, the sink retries with capped exponential backoff and stops
+reading the topic (backpressure): memory stays bounded by one batch. On stop it drains
+the topic to its end (what the tracker produced before stopping), flushes and commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from mode import Service
+
+from sinks.clickhouse import ClickHouse, ClickHouseError
+from streams.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+RowMapper = Callable[[bytes], Sequence[Any]]
+
+
+class TopicSink(Service):
+    """One topic -> one table."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bootstrap: str,
+        group_id: str,
+        topic: str,
+        table: str,
+        columns: Sequence[str],
+        to_row: RowMapper,
+        clickhouse: ClickHouse,
+        metrics: Metrics,
+        batch_rows: int,
+        flush_seconds: float,
+        session_timeout: float,
+        consumer_options: dict[str, Any] | None = None,
+        drain_seconds: float = 20.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.sink_name = name
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.topic = topic
+        self.table = table
+        self.columns = tuple(columns)
+        self.to_row = to_row
+        self.clickhouse = clickhouse
+        self.metrics = metrics
+        self.batch_rows = batch_rows
+        self.flush_seconds = flush_seconds
+        self.session_timeout = session_timeout
+        self.consumer_options = consumer_options or {}
+        self.drain_seconds = drain_seconds
+        self._consumer: AIOKafkaConsumer | None = None
+        self._rows: list[Sequence[Any]] = []
+        self._offsets: dict[TopicPartition, int] = {}
+        self._read: dict[TopicPartition, int] = {}
+        self._first_buffered: float | None = None
+        self._lock = asyncio.Lock()
+        self.last_flush: float | None = None
+        self.last_error: str | None = None
+        self.assigned = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._rows)
+
+    async def on_start(self) -> None:
+        session_ms = int(self.session_timeout * 1000)
+        self._consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 6),
+            rebalance_timeout_ms=max(session_ms, 10_000),
+            max_poll_records=self.batch_rows,
+            **self.consumer_options,
+        )
+        await self._consumer.start()
+
+    @Service.task
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while not self.should_stop:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=200, max_records=self.batch_rows)
+            except Exception as exc:  # broker gone for a while: keep trying
+                log.warning("sink %s: fetch failed: %s", self.sink_name, exc)
+                await self.sleep(1.0)
+                continue
+            self.assigned = bool(self._consumer.assignment())
+            async with self._lock:
+                self._buffer(batches)
+                if self._due():
+                    await self._flush()
+
+    def _buffer(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        for tp, messages in batches.items():
+            for message in messages:
+                if message.value is not None:  # compaction tombstones carry no row
+                    self._rows.append(self.to_row(message.value))
+                self._offsets[tp] = message.offset + 1
+            if messages:
+                self._read[tp] = messages[-1].offset + 1
+            if messages and self._first_buffered is None:
+                self._first_buffered = time.monotonic()
+        self.metrics.sink_rows_pending.set(len(self._rows))
+
+    def _due(self) -> bool:
+        if not self._offsets:
+            return False
+        if len(self._rows) >= self.batch_rows:
+            return True
+        return (
+            self._first_buffered is not None
+            and time.monotonic() - self._first_buffered >= self.flush_seconds
+        )
+
+    async def _flush(self) -> None:
+        """Insert the buffer, retrying until it lands or the sink stops; then commit."""
+        rows, offsets = self._rows, dict(self._offsets)
+        delay = 0.2
+        while rows:
+            started = time.monotonic()
+            try:
+                await self.clickhouse.call(self.clickhouse.insert, self.table, rows, self.columns)
+            except ClickHouseError as exc:
+                self.metrics.sink_failures.labels(self.table).inc()
+                self.last_error = str(exc)
+                log.error(
+                    "sink %s: insert of %d rows into %s failed, retrying in %.1fs: %s",
+                    self.sink_name, len(rows), self.table, delay, exc,
+                )
+                if self.should_stop and delay > 5:
+                    log.error("sink %s: giving up at shutdown; rows stay in Kafka", self.sink_name)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            elapsed = time.monotonic() - started
+            self.metrics.sink_rows.labels(self.table).inc(len(rows))
+            self.metrics.sink_flushes.labels(self.table).inc()
+            self.metrics.sink_batch_rows.labels(self.table).observe(len(rows))
+            self.metrics.sink_flush_seconds.labels(self.table).observe(elapsed)
+            self.last_error = None
+            break
+        await self._commit(offsets)
+        self._rows = []
+        self._offsets = {}
+        self._first_buffered = None
+        self.last_flush = time.time()
+        self.metrics.sink_last_flush.set(self.last_flush)
+        self.metrics.sink_rows_pending.set(0)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(offsets)
+        except Exception as exc:  # a rebalance took the partition: the rows are idempotent
+            log.warning("sink %s: commit failed (rows already stored): %s", self.sink_name, exc)
+
+    async def on_stop(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            async with self._lock:
+                await self._drain(consumer)
+                if self._offsets:
+                    await self._flush()
+        finally:
+            await consumer.stop()
+            self._consumer = None
+
+    async def _drain(self, consumer: AIOKafkaConsumer) -> None:
+        """Read what is on the topic now, so a graceful stop leaves nothing behind."""
+        assignment = consumer.assignment()
+        if not assignment:
+            return
+        try:
+            ends = await consumer.end_offsets(list(assignment))
+        except Exception as exc:
+            log.warning("sink %s: cannot read end offsets at stop: %s", self.sink_name, exc)
+            return
+        deadline = time.monotonic() + self.drain_seconds
+        while time.monotonic() < deadline:
+            behind = [tp for tp in assignment if await consumer.position(tp) < ends[tp]]
+            if not behind:
+                return
+            batches = await consumer.getmany(*behind, timeout_ms=200, max_records=self.batch_rows)
+            self._buffer(batches)
+            if len(self._rows) >= self.batch_rows:
+                await self._flush()
+        log.warning("sink %s: stopped before reaching the end of %s", self.sink_name, self.topic)
+
+    def lag(self) -> dict[str, int]:
+        """Per partition: messages on the topic this sink has not read yet."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        out = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                out[f"{tp.topic}/{tp.partition}"] = max(0, high - self._read.get(tp, 0))
+        return out

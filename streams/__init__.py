@@ -1,0 +1,1 @@
+"""How the data flows: the Faust app, its agents, the web endpoints and the CLI."""

@@ -1,0 +1,184 @@
+"""`reftrack`: the command line (SPEC §8)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from streams.config import ConfigError, Settings, Topics, load_settings
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from streams.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(args.port, args.host).start()
+    print(f"embedded broker (Tansu, memory only) listening on {broker.bootstrap}; Ctrl-C stops it",
+          flush=True)
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop and broker.process and broker.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(_settings())
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from sinks.clickhouse import ClickHouse
+    from sinks.migrate import migrate
+
+    settings = _settings()
+    ch = ClickHouse(settings.dsn, settings.clickhouse_database)
+    try:
+        applied = migrate(ch)
+    finally:
+        ch.close_blocking()
+    for m in applied:
+        print(f"applied {m.version:04d}_{m.name}")
+    print(f"{ch.describe()} database {settings.clickhouse_database}: up to date")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from streams.query import format_rows, run_query
+
+    columns, rows = run_query(_settings(), args.sql)
+    print(format_rows(columns, rows, args.format))
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from streams.produce import produce_file
+
+    settings = _settings()
+    topic = args.topic or Topics(settings.topic_prefix).events
+    sent = asyncio.run(produce_file(Path(args.file), settings.kafka_bootstrap, topic))
+    print(f"sent {sent} messages to {topic}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from streams import simulator
+
+    settings = _settings()
+    config = simulator.SimConfig(seed=args.seed, orgs=tuple(args.orgs.split(",")))
+    if args.output:
+        from datetime import UTC, datetime, timedelta
+
+        now = datetime.now(UTC)
+        config = simulator.SimConfig(
+            seed=args.seed,
+            orgs=tuple(args.orgs.split(",")),
+            referrals=args.referrals,
+            start=now - timedelta(days=args.days),
+            span=timedelta(days=args.days),
+        )
+        messages = simulator.generate(config, now)
+        written = simulator.write_ndjson(messages, Path(args.output))
+        print(f"wrote {written} messages to {args.output}")
+        return 0
+    topic = Topics(settings.topic_prefix).events
+    counts = asyncio.run(
+        simulator.run(config, settings.kafka_bootstrap, topic, args.rate, args.duration)
+    )
+    print(f"simulator done: {counts}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(rate=args.rate, port=args.port, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reftrack",
+        description="Real-time referral tracking: Kafka events in, referral status and KPIs "
+        "in ClickHouse out. Configuration comes from REFTRACK_* environment variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="embedded broker + worker + simulator + dashboard, until Ctrl-C")
+    p.add_argument("--rate", type=float, default=100.0, help="simulated messages per second")
+    p.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("worker", help="run a pipeline worker")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("simulate", help="synthetic traffic from several health systems")
+    p.add_argument("--rate", type=float, default=100.0, help="messages per second")
+    p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--orgs", default="northwind,lakeside,summit")
+    p.add_argument("--output", help="write NDJSON to this file instead of sending to Kafka")
+    p.add_argument("--referrals", type=int, default=1000, help="with --output: referrals")
+    p.add_argument("--days", type=float, default=30.0, help="with --output: days of history")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("produce", help="send an NDJSON file of canonical events")
+    p.add_argument("file")
+    p.add_argument("--topic", help="default: <prefix>.events.v1")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("query", help="read-only SQL against reftrack's ClickHouse")
+    p.add_argument("sql")
+    p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("migrate", help="apply ClickHouse migrations")
+    p.set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"reftrack: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from sinks.clickhouse import scrub
+
+        name = type(exc).__name__
+        if name in ("QueryError", "BrokerError", "TopicError", "ClickHouseError"):
+            print(f"reftrack: {scrub(str(exc))}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

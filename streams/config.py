@@ -1,0 +1,139 @@
+"""One validated settings object, read once from the environment (SPEC §8), passed down.
+
+Nothing else in reftrack reads os.environ. A bad value stops start-up with a message
+that names the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """Configuration that cannot work; the message says which variable and why."""
+
+
+class Settings(BaseSettings):
+    """reftrack configuration; every field is `REFTRACK_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="REFTRACK_", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,...] of the brokers")
+    clickhouse_dsn: str | None = Field(
+        None,
+        description="chdb:///abs/path (embedded; default <data_dir>/clickhouse) or "
+        "http(s)://user:pass@host:port/",
+    )
+    clickhouse_database: str = Field("reftrack", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    data_dir: Path = Field(Path("./var"), description="local state: Faust tables, embedded ClickHouse")
+    topic_prefix: str = Field("referrals", pattern=r"^[A-Za-z0-9._-]+$")
+    pseudonym_key: SecretStr | None = Field(None, description="HMAC key for patient ids")
+    web_bind: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+    api_token: SecretStr | None = None
+
+    app_id: str = Field("reftrack", pattern=r"^[A-Za-z0-9._-]+$", description="consumer group id")
+    partitions: int = Field(8, ge=1, description="partitions of the topics reftrack creates")
+    replication_factor: int = Field(1, ge=1)
+    store: Literal["rocksdb", "memory"] = "rocksdb"
+    session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout (s)")
+    tracker_batch: int = Field(1000, ge=1, description="events the tracker takes per batch")
+    tracker_batch_seconds: float = Field(0.1, gt=0)
+    sink_batch_rows: int = Field(5000, ge=1, description="flush the sink at this many rows")
+    sink_flush_seconds: float = Field(1.0, gt=0, description="... or after this long")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {server!r}")
+        return value
+
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _dsn(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.startswith("chdb://"):
+            if not value.startswith("chdb:///"):
+                raise ValueError("an embedded DSN is chdb:///absolute/path")
+            return value
+        if value.startswith(("http://", "https://")):
+            return value
+        raise ValueError("expected chdb:///abs/path or http(s)://user:pass@host:port/")
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> Settings:
+        if not is_loopback(self.web_bind) and self.api_token is None:
+            raise ValueError(
+                f"REFTRACK_API_TOKEN is required when REFTRACK_WEB_BIND ({self.web_bind}) "
+                "is not a loopback address"
+            )
+        return self
+
+    # -- derived ---------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir.resolve() / "faust"
+
+    @property
+    def dsn(self) -> str:
+        if self.clickhouse_dsn:
+            return self.clickhouse_dsn
+        return f"chdb://{(self.data_dir.resolve() / 'clickhouse').as_posix()}"
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.dsn.startswith("chdb://")
+
+    @property
+    def pseudonym_key_bytes(self) -> bytes:
+        if self.pseudonym_key is None:
+            raise ConfigError(
+                "REFTRACK_PSEUDONYM_KEY is not set: patient ids cannot be pseudonymized. "
+                "Set a long random secret (e.g. `openssl rand -hex 32`); only `reftrack demo` "
+                "makes up its own."
+            )
+        return self.pseudonym_key.get_secret_value().encode()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate; raise ConfigError naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False, include_input=False):
+            name = "REFTRACK_" + str(err["loc"][0]).upper() if err["loc"] else "configuration"
+            lines.append(f"  {name}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+class Topics:
+    """Topic names under the configured prefix (SPEC §2)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.events = f"{prefix}.events.v1"
+        self.tracked = f"{prefix}.tracked.v1"
+        self.status = f"{prefix}.status.v1"
+        self.dlq = f"{prefix}.dlq.v1"
+        self.alerts = f"{prefix}.alerts.v1"

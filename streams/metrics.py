@@ -1,0 +1,80 @@
+"""Prometheus metrics of one worker (SPEC §8), in a registry of its own.
+
+Label sets are bounded: topic, type, source, error code, table. Never a referral or
+patient id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LAG_BUCKETS = (0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.messages_in = Counter(
+            "reftrack_messages_in", "Messages consumed by ingest", ["topic"], registry=r
+        )
+        self.events_processed = Counter(
+            "reftrack_events_processed",
+            "Distinct events applied to referral state",
+            ["type", "source"],
+            registry=r,
+        )
+        self.events_duplicate = Counter(
+            "reftrack_events_duplicate", "Events dropped as duplicates", ["type"], registry=r
+        )
+        self.dlq = Counter(
+            "reftrack_dlq_messages", "Messages sent to the DLQ", ["error_code"], registry=r
+        )
+        self.status_out = Counter(
+            "reftrack_status_snapshots_out", "Status snapshots published", registry=r
+        )
+        self.event_time_lag = Histogram(
+            "reftrack_event_time_lag_seconds",
+            "Ingestion time minus occurred_at",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.sink_rows = Counter(
+            "reftrack_sink_rows", "Rows written to ClickHouse", ["table"], registry=r
+        )
+        self.sink_flushes = Counter(
+            "reftrack_sink_flushes", "Successful sink flushes", ["table"], registry=r
+        )
+        self.sink_failures = Counter(
+            "reftrack_sink_failures", "Failed sink flush attempts", ["table"], registry=r
+        )
+        self.sink_batch_rows = Histogram(
+            "reftrack_sink_batch_rows",
+            "Rows per sink flush",
+            ["table"],
+            buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000),
+            registry=r,
+        )
+        self.sink_flush_seconds = Histogram(
+            "reftrack_sink_flush_seconds", "Sink flush latency", ["table"], registry=r
+        )
+        self.sink_rows_pending = Gauge(
+            "reftrack_sink_rows_pending", "Rows buffered, not yet in ClickHouse", registry=r
+        )
+        self.sink_last_flush = Gauge(
+            "reftrack_sink_last_flush_timestamp_seconds", "Unix time of the last flush", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def total(counter: Counter) -> int:
+        """Sum of a counter over all its labels."""
+        return int(
+            sum(
+                s.value
+                for m in counter.collect()
+                for s in m.samples
+                if s.name.endswith("_total")
+            )
+        )

@@ -1,0 +1,197 @@
+"""The worker's HTTP surface (SPEC §8): health, readiness, pipeline status, metrics,
+read-only queries and the live page.
+
+Binds to loopback by default. With a token configured, /api/* and the page require
+`Authorization: Bearer <token>`; /healthz, /readyz and /metrics stay open for probes and
+scrapers (they carry no referral data). Faust's own web server (which can browse
+tables) is never started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from mode import Service
+
+from sinks.clickhouse import ClickHouseError, is_read_only
+from streams.app import Pipeline
+
+log = logging.getLogger(__name__)
+MAX_QUERY_ROWS = 10_000
+
+
+class WebService(Service):
+    def __init__(self, pipeline: Pipeline, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+        self.started_at = time.time()
+        self._runner: web.AppRunner | None = None
+        self._sink_ok = False
+        self.port: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        s = self.pipeline.settings
+        app = web.Application(middlewares=[self._auth])
+        app.add_routes(
+            [
+                web.get("/", self.index),
+                web.get("/healthz", self.healthz),
+                web.get("/readyz", self.readyz),
+                web.get("/metrics", self.metrics),
+                web.get("/api/pipeline", self.pipeline_status),
+                web.post("/api/query", self.query),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.web_bind, s.web_port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.port = sockets[0].getsockname()[1] if sockets else s.web_port
+        log.info("web listening on http://%s:%s/", s.web_bind, self.port)
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @Service.task
+    async def _watch_sink(self) -> None:
+        ch = self.pipeline.clickhouse
+        while not self.should_stop:
+            self._sink_ok = await ch.call(ch.ping)
+            await self.sleep(5.0)
+
+    # -- auth ----------------------------------------------------------------------------
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        token = self.pipeline.settings.api_token
+        open_paths = ("/healthz", "/readyz", "/metrics")
+        if token is not None and request.path not in open_paths:
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {token.get_secret_value()}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return web.json_response(
+                    {"error": "unauthorized", "message": "send Authorization: Bearer <token>"},
+                    status=401,
+                )
+        return await handler(request)
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.Response:
+        page = resources.files("streams.static").joinpath("index.html").read_text("utf-8")
+        return web.Response(text=page, content_type="text/html")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive", "uptime_s": round(time.time() - self.started_at, 1)})
+
+    def readiness(self) -> dict[str, bool]:
+        app = self.pipeline.app
+        consumer = app.consumer if app.started else None
+        assigned = bool(consumer is not None and consumer.assignment())
+        recovered = bool(app.started and app.tables.recovery.completed.is_set())
+        return {
+            "partitions_assigned": assigned and not app.rebalancing,
+            "tables_recovered": recovered,
+            "sink_reachable": self._sink_ok,
+        }
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks = self.readiness()
+        ready = all(checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.pipeline.metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    def consumer_lag(self) -> dict[str, int]:
+        app = self.pipeline.app
+        if not app.started:
+            return {}
+        consumer = app.consumer
+        out: dict[str, int] = {}
+        sources = {self.pipeline.topics.events, self.pipeline.topics.tracked}
+        for tp in sorted(consumer.assignment()):
+            if tp.topic not in sources:
+                continue
+            high = consumer.highwater(tp)
+            read = consumer._read_offset.get(tp)
+            if high is None:
+                continue
+            position = (read + 1) if read is not None else (consumer._committed_offset.get(tp) or 0)
+            out[f"{tp.topic}/{tp.partition}"] = max(0, high - position)
+        return out
+
+    async def pipeline_status(self, request: web.Request) -> web.Response:
+        p = self.pipeline
+        m = p.metrics
+        sink = p.status_sink
+        processed = m.total(m.events_processed)
+        duplicates = m.total(m.events_duplicate)
+        dead = m.total(m.dlq)
+        body = {
+            "ready": all(self.readiness().values()),
+            "checks": self.readiness(),
+            "counts": {
+                "consumed": m.total(m.messages_in),
+                "processed": processed,
+                "duplicates": duplicates,
+                "dead_lettered": dead,
+                "accounted": processed + duplicates + dead,
+                "status_snapshots": m.total(m.status_out),
+                "sink_rows": m.total(m.sink_rows),
+            },
+            "consumer_lag": self.consumer_lag(),
+            "sink": {
+                "table": sink.table,
+                "rows_pending": sink.pending,
+                "lag": sink.lag(),
+                "last_flush": sink.last_flush,
+                "last_error": sink.last_error,
+                "clickhouse": p.clickhouse.describe(),
+            },
+            "topics": vars(p.topics),
+        }
+        return web.json_response(body)
+
+    async def query(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            sql = str(body["sql"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": "bad_request", "message": 'POST {"sql": "SELECT ..."}'}, status=400
+            )
+        if not is_read_only(sql):
+            return web.json_response(
+                {"error": "read_only", "message": "only SELECT/WITH/SHOW/DESCRIBE/EXPLAIN"},
+                status=400,
+            )
+        ch = self.pipeline.clickhouse
+        try:
+            columns, rows = await asyncio.wait_for(ch.call(ch.query, sql, True), timeout=60)
+        except ClickHouseError as exc:
+            return web.json_response({"error": "query_failed", "message": str(exc)}, status=400)
+        truncated = len(rows) > MAX_QUERY_ROWS
+        return web.json_response(
+            {"columns": columns, "rows": rows[:MAX_QUERY_ROWS], "truncated": truncated},
+            dumps=_dumps,
+        )
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=str)

@@ -1,0 +1,52 @@
+"""Run one worker process: migrate ClickHouse, ensure topics, then run the Faust worker
+with the web endpoints and the ClickHouse sink until SIGTERM/SIGINT.
+
+Services start in the order web, sink, Faust app and stop in reverse: the app's agents
+stop and its producer flushes first, then the sink drains the status topic, flushes and
+commits, so a graceful stop leaves nothing acknowledged outside ClickHouse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from sinks.migrate import migrate
+from streams.app import create_pipeline
+from streams.config import Settings
+from streams.logs import configure, logging_config
+from streams.topics import ensure_topics
+from streams.web import WebService
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings) -> int:
+    configure(settings.log_level, settings.log_format)
+    asyncio.run(ensure_topics(settings))
+    pipeline = create_pipeline(settings)
+    ch = pipeline.clickhouse
+    applied = ch._executor.submit(migrate, ch).result()
+    log.info("clickhouse %s ready (%d migrations applied)", ch.describe(), len(applied))
+    web = WebService(pipeline)
+    worker = faust.Worker(
+        pipeline.app,
+        web,
+        pipeline.status_sink,
+        loglevel=settings.log_level,
+        logging_config=logging_config(settings.log_level, settings.log_format),
+        redirect_stdouts=False,
+        quiet=True,
+    )
+    log.info(
+        "worker %s starting: kafka=%s topics=%s.* web=http://%s:%s/",
+        settings.app_id, settings.kafka_bootstrap, settings.topic_prefix,
+        settings.web_bind, settings.web_port,
+    )
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
