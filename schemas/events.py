@@ -86,7 +86,9 @@ class Channel(StrEnum):
 # pipeline's referral key is "org_id/referral_id".
 _NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
 Id128 = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_NO_CONTROL)]
-OrgId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^/\x00-\x1f\x7f]+$")]
+OrgId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^/\x00-\x1f\x7f]+$")
+]
 Text = Annotated[str, StringConstraints(max_length=1024)]
 Score = Annotated[int, Field(ge=1, le=5)]
 
@@ -199,7 +201,9 @@ DATA_MODELS: dict[EventType, type[_Data]] = {
 class _EventBase(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
-    event_id: Id128 = Field(description="Unique per producer event; the same id twice is one event.")
+    event_id: Id128 = Field(
+        description="Unique per producer event; the same id twice is one event."
+    )
     referral_id: Id128 = Field(description="The referral, unique within org_id.")
     org_id: OrgId = Field(description="The tenant (health system).")
     occurred_at: Timestamp = Field(
@@ -223,7 +227,9 @@ class _EventBase(BaseModel):
 def _variant(event_type: EventType, data_model: type[_Data]) -> type[_EventBase]:
     name = "".join(part.capitalize() for part in event_type.value.replace(".", "_").split("_"))
     required = any(f.is_required() for f in data_model.model_fields.values())
-    data_field: Any = (data_model, ...) if required else (data_model, Field(default_factory=data_model))
+    data_field: Any = (
+        (data_model, ...) if required else (data_model, Field(default_factory=data_model))
+    )
     return create_model(  # type: ignore[call-overload, no-any-return]
         f"{name}Event",
         __base__=_EventBase,
@@ -232,7 +238,9 @@ def _variant(event_type: EventType, data_model: type[_Data]) -> type[_EventBase]
     )
 
 
-EVENT_MODELS: dict[EventType, type[_EventBase]] = {t: _variant(t, m) for t, m in DATA_MODELS.items()}
+EVENT_MODELS: dict[EventType, type[_EventBase]] = {
+    t: _variant(t, m) for t, m in DATA_MODELS.items()
+}
 
 CanonicalEvent = Annotated[
     Union[tuple(EVENT_MODELS.values())],  # type: ignore[valid-type]  # noqa: UP007

@@ -230,7 +230,8 @@ class ReferralState:
         if "created" not in self.milestones:
             return []
         present = [(n, self.milestones[n][0]) for n in MILESTONES if n in self.milestones]
-        return [(a, max(0, tb - ta)) for (a, ta), (_, tb) in zip(present, present[1:], strict=False)]
+        pairs = zip(present, present[1:], strict=False)
+        return [(a, max(0, tb - ta)) for (a, ta), (_, tb) in pairs]
 
     # -- persistence -----------------------------------------------------------------
 

@@ -1,0 +1,225 @@
+"""Real processes for integration tests: the embedded broker, `reftrack worker`
+subprocesses, a Kafka producer/reader. Every process a test starts, it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streams.broker import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Deployment:
+    """One isolated reftrack installation on the shared broker: own prefix, group, dirs."""
+
+    bootstrap: str
+    base_dir: Path
+    partitions: int = 4
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.prefix = f"t{tag}"
+        self.app_id = f"reftrack-{tag}"
+        self.data_dir = self.base_dir / tag
+        self.web_port = free_port()
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.prefix}.events.v1"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REFTRACK_")}
+        env.update(
+            {
+                "REFTRACK_KAFKA_BOOTSTRAP": self.bootstrap,
+                "REFTRACK_DATA_DIR": str(self.data_dir),
+                "REFTRACK_TOPIC_PREFIX": self.prefix,
+                "REFTRACK_APP_ID": self.app_id,
+                "REFTRACK_PSEUDONYM_KEY": "integration-test-key",
+                "REFTRACK_WEB_PORT": str(self.web_port),
+                "REFTRACK_PARTITIONS": str(self.partitions),
+                "REFTRACK_SESSION_TIMEOUT": "6",
+                "REFTRACK_SINK_FLUSH_SECONDS": "0.5",
+                "REFTRACK_LOG_FORMAT": "json",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streams.cli", *args],
+            env=self.env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def query_json(self, sql: str) -> list[dict[str, Any]]:
+        result = self.cli("query", "--format", "json", sql)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+class Worker:
+    """A `reftrack worker` subprocess."""
+
+    def __init__(self, deployment: Deployment, name: str = "worker") -> None:
+        self.deployment = deployment
+        deployment.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = deployment.data_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=deployment.env(), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.deployment.web_port}"
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def pipeline(self) -> dict[str, Any]:
+        return self.get("/api/pipeline")[1]
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                return self.get("/readyz")[0] == 200
+            except (urllib.error.URLError, ConnectionError, OSError):
+                return False
+
+        wait_for(ready, timeout, what="worker readiness")
+
+    def wait_accounted(self, produced: int, timeout: float = 120) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            counts = self.pipeline()["counts"]
+            return counts if counts["accounted"] >= produced else None
+
+        return wait_for(done, timeout, what=f"{produced} messages accounted")
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        request = urllib.request.Request(
+            self.url + "/api/query", data=json.dumps({"sql": sql}).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.loads(response.read())
+        return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"worker did not stop within {timeout}s") from None
+        self._log.close()
+        return int(self.process.returncode)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+async def _produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> list[Any]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
+        return [await f for f in futures]
+    finally:
+        await producer.stop()
+
+
+def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> list[Any]:
+    """Send and wait for the broker's acknowledgements; returns record metadata."""
+    return asyncio.run(_produce(bootstrap, topic, list(messages)))
+
+
+async def _read_all(bootstrap: str, topic: str, timeout: float) -> list[Any]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                break
+            batches = await consumer.getmany(timeout_ms=300)
+            for messages in batches.values():
+                out.extend(messages)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 30) -> list[Any]:
+    """Every message on a topic right now (no consumer group)."""
+    return asyncio.run(_read_all(bootstrap, topic, timeout))
+
+
+async def _committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+    finally:
+        await admin.close()
+
+
+def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    return asyncio.run(_committed(bootstrap, group))
