@@ -16,9 +16,7 @@ SNAPSHOT_SCHEMA_VERSION = 1
 def iso(us: int | None) -> str | None:
     if us is None:
         return None
-    return from_micros(us).astimezone(UTC).isoformat(timespec="microseconds").replace(
-        "+00:00", "Z"
-    )
+    return from_micros(us).astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def status_snapshot(

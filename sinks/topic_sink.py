@@ -148,7 +148,11 @@ class TopicSink(Service):
                 self.last_error = str(exc)
                 log.error(
                     "sink %s: insert of %d rows into %s failed, retrying in %.1fs: %s",
-                    self.sink_name, len(rows), self.table, delay, exc,
+                    self.sink_name,
+                    len(rows),
+                    self.table,
+                    delay,
+                    exc,
                 )
                 if self.should_stop and delay > 5:
                     log.error("sink %s: giving up at shutdown; rows stay in Kafka", self.sink_name)

@@ -13,6 +13,7 @@ from sinks.rows import REFERRAL_STATE_COLUMNS, referral_state_row
 from sinks.topic_sink import TopicSink
 from streams.config import Settings, Topics
 from streams.ingest import register_ingest
+from streams.kafka_compat import install_end_offsets_probe
 from streams.metrics import Metrics
 from streams.tracker import register_tracker
 
@@ -33,6 +34,8 @@ class Pipeline:
 def create_pipeline(settings: Settings) -> Pipeline:
     """Build (not start) everything one worker runs."""
     names = Topics(settings.topic_prefix)
+    if settings.kafka_end_offsets_probe:
+        install_end_offsets_probe()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     session = settings.session_timeout
     app = faust.App(
@@ -67,8 +70,17 @@ def create_pipeline(settings: Settings) -> Pipeline:
     )
 
     register_ingest(app, events, tracked, dlq, metrics, key)
-    register_tracker(app, tracked, status, dlq, table, metrics, key,
-                     settings.tracker_batch, settings.tracker_batch_seconds)
+    register_tracker(
+        app,
+        tracked,
+        status,
+        dlq,
+        table,
+        metrics,
+        key,
+        settings.tracker_batch,
+        settings.tracker_batch_seconds,
+    )
 
     clickhouse = ClickHouse(settings.dsn, settings.clickhouse_database)
     status_sink = TopicSink(

@@ -21,8 +21,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(args.port, args.host).start()
-    print(f"embedded broker (Tansu, memory only) listening on {broker.bootstrap}; Ctrl-C stops it",
-          flush=True)
+    print(
+        f"embedded broker (Tansu, memory only) listening on {broker.bootstrap}; Ctrl-C stops it",
+        flush=True,
+    )
     stop = False
 
     def _stop(*_: object) -> None:
@@ -122,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="embedded broker + worker + simulator + dashboard, until Ctrl-C")
+    p = sub.add_parser(
+        "demo", help="embedded broker + worker + simulator + dashboard, until Ctrl-C"
+    )
     p.add_argument("--rate", type=float, default=100.0, help="simulated messages per second")
     p.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
     p.add_argument("--seed", type=int, default=7)

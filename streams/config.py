@@ -30,7 +30,9 @@ class Settings(BaseSettings):
         "http(s)://user:pass@host:port/",
     )
     clickhouse_database: str = Field("reftrack", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    data_dir: Path = Field(Path("./var"), description="local state: Faust tables, embedded ClickHouse")
+    data_dir: Path = Field(
+        Path("./var"), description="local state: Faust tables, embedded ClickHouse"
+    )
     topic_prefix: str = Field("referrals", pattern=r"^[A-Za-z0-9._-]+$")
     pseudonym_key: SecretStr | None = Field(None, description="HMAC key for patient ids")
     web_bind: str = "127.0.0.1"
@@ -46,6 +48,9 @@ class Settings(BaseSettings):
     tracker_batch_seconds: float = Field(0.1, gt=0)
     sink_batch_rows: int = Field(5000, ge=1, description="flush the sink at this many rows")
     sink_flush_seconds: float = Field(1.0, gt=0, description="... or after this long")
+    kafka_end_offsets_probe: bool = Field(
+        True, description="confirm ListOffsets with a fetch (needed for the embedded broker)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 

@@ -29,9 +29,7 @@ def ingest_one(raw: bytes | None, received_at: datetime, pseudonym_key: bytes) -
     if raw is None:
         raise EventRejected(ErrorCode.INVALID_JSON, "message has no value (null)")
     event = parse_event(raw, received_at)
-    ref = (
-        pseudonymize(pseudonym_key, event.org_id, event.patient_id) if event.patient_id else None
-    )
+    ref = pseudonymize(pseudonym_key, event.org_id, event.patient_id) if event.patient_id else None
     return to_tracked(event, ref)
 
 
@@ -49,8 +47,9 @@ def register_ingest(
                 await _reject(message, rejected.code, rejected.detail, rejected.field)
                 continue
             except Exception as exc:  # a bug must not lose the message or kill the agent
-                log.exception("ingest failed on %s/%s@%s", message.topic, message.partition,
-                              message.offset)
+                log.exception(
+                    "ingest failed on %s/%s@%s", message.topic, message.partition, message.offset
+                )
                 await _reject(message, ErrorCode.INTERNAL_ERROR, type(exc).__name__, None)
                 continue
             lag = (received_at.timestamp() * 1e6 - tracked_event.occurred_at) / 1e6
@@ -72,7 +71,8 @@ def register_ingest(
             pseudonym_key=key,
         )
         await dlq.send(key=message.key, value=record)
-        log.info("rejected %s/%s@%s: %s", message.topic, message.partition, message.offset,
-                 code.value)
+        log.info(
+            "rejected %s/%s@%s: %s", message.topic, message.partition, message.offset, code.value
+        )
 
     return app.agent(source, name="reftrack.ingest")(ingest)

@@ -71,10 +71,5 @@ class Metrics:
     def total(counter: Counter) -> int:
         """Sum of a counter over all its labels."""
         return int(
-            sum(
-                s.value
-                for m in counter.collect()
-                for s in m.samples
-                if s.name.endswith("_total")
-            )
+            sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
         )

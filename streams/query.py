@@ -28,7 +28,9 @@ def _worker_url(settings: Settings) -> str:
     return f"http://{host}:{settings.web_port}/api/query"
 
 
-def query_worker(settings: Settings, sql: str, timeout: float = 70.0) -> tuple[list[str], list[Any]] | None:
+def query_worker(
+    settings: Settings, sql: str, timeout: float = 70.0
+) -> tuple[list[str], list[Any]] | None:
     """Ask a running worker; None when no worker listens."""
     request = urllib.request.Request(
         _worker_url(settings),

@@ -106,8 +106,13 @@ def register_tracker(
 
     async def _reject(event: EventT, exc: Exception) -> None:
         message = event.message
-        log.error("tracker failed on %s/%s@%s: %s", message.topic, message.partition,
-                  message.offset, type(exc).__name__)
+        log.error(
+            "tracker failed on %s/%s@%s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            type(exc).__name__,
+        )
         metrics.dlq.labels(ErrorCode.INTERNAL_ERROR.value).inc()
         await dlq.send(
             key=message.key,

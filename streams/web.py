@@ -92,7 +92,9 @@ class WebService(Service):
         return web.Response(text=page, content_type="text/html")
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive", "uptime_s": round(time.time() - self.started_at, 1)})
+        return web.json_response(
+            {"status": "alive", "uptime_s": round(time.time() - self.started_at, 1)}
+        )
 
     def readiness(self) -> dict[str, bool]:
         app = self.pipeline.app

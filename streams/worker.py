@@ -42,8 +42,11 @@ def run_worker(settings: Settings) -> int:
     )
     log.info(
         "worker %s starting: kafka=%s topics=%s.* web=http://%s:%s/",
-        settings.app_id, settings.kafka_bootstrap, settings.topic_prefix,
-        settings.web_bind, settings.web_port,
+        settings.app_id,
+        settings.kafka_bootstrap,
+        settings.topic_prefix,
+        settings.web_bind,
+        settings.web_port,
     )
     try:
         worker.execute_from_commandline()

@@ -19,14 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.broker import free_port
+from streams.kafka_compat import install_end_offsets_probe
+
+install_end_offsets_probe()
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for(predicate: Any, timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Any, timeout: float, interval: float = 0.25, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -79,7 +83,11 @@ class Deployment:
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "streams.cli", *args],
-            env=self.env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+            env=self.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def query_json(self, sql: str) -> list[dict[str, Any]]:
@@ -98,7 +106,10 @@ class Worker:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker"],
-            env=deployment.env(), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            env=deployment.env(),
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
 
@@ -119,7 +130,9 @@ class Worker:
     def wait_ready(self, timeout: float = 90) -> None:
         def ready() -> bool:
             if self.process.poll() is not None:
-                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.logs()}")
+                raise AssertionError(
+                    f"worker exited with {self.process.returncode}:\n{self.logs()}"
+                )
             try:
                 return self.get("/readyz")[0] == 200
             except (urllib.error.URLError, ConnectionError, OSError):
@@ -136,7 +149,9 @@ class Worker:
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         request = urllib.request.Request(
-            self.url + "/api/query", data=json.dumps({"sql": sql}).encode(), method="POST",
+            self.url + "/api/query",
+            data=json.dumps({"sql": sql}).encode(),
+            method="POST",
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -165,7 +180,9 @@ class Worker:
         self._log.close()
 
 
-async def _produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> list[Any]:
+async def _produce(
+    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]
+) -> list[Any]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
     await producer.start()
     try:
@@ -175,14 +192,17 @@ async def _produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | 
         await producer.stop()
 
 
-def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> list[Any]:
+def produce(
+    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]
+) -> list[Any]:
     """Send and wait for the broker's acknowledgements; returns record metadata."""
     return asyncio.run(_produce(bootstrap, topic, list(messages)))
 
 
 async def _read_all(bootstrap: str, topic: str, timeout: float) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -211,15 +231,25 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30) -> list[Any]:
     return asyncio.run(_read_all(bootstrap, topic, timeout))
 
 
-async def _committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+async def _committed(bootstrap: str, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    # A group member that never joins: it only asks the coordinator for committed offsets.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
-        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+        out = {}
+        for topic in topics:
+            await consumer._client.force_metadata_update()
+            for p in sorted(consumer.partitions_for_topic(topic) or ()):
+                offset = await consumer.committed(TopicPartition(topic, p))
+                if offset is not None:
+                    out[(topic, p)] = offset
+        return out
     finally:
-        await admin.close()
+        await consumer.stop()
 
 
-def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    return asyncio.run(_committed(bootstrap, group))
+def committed_offsets(bootstrap: str, group: str, *topics: str) -> dict[tuple[str, int], int]:
+    """The group's committed offsets for these topics (absent: nothing committed)."""
+    return asyncio.run(_committed(bootstrap, group, list(topics)))
