@@ -1,7 +1,7 @@
 """Machine-readable reasons a message is rejected (the DLQ's `error_code`).
 
-One enum, one table in docs/dlq.md: upstream teams key their alerting and fixes on
-these codes, so a code's meaning never changes once released.
+One enum, one table in docs/events.md (Dead-letter queue): upstream teams key their
+alerting and fixes on these codes, so a code's meaning never changes once released.
 """
 
 from __future__ import annotations

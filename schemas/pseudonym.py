@@ -2,7 +2,7 @@
 
 HMAC-SHA256 over org and patient id, so the same MRN at two health systems gives two
 pseudonyms, and nobody without the key can test a guessed MRN against the hash.
-Rotating the key changes every pseudonym (see docs/security.md).
+Rotating the key changes every pseudonym (see docs/events.md, Pseudonyms).
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         from sinks.clickhouse import scrub
 
         name = type(exc).__name__
-        if name in ("QueryError", "BrokerError", "TopicError", "ClickHouseError"):
+        if name in ("QueryError", "BrokerError", "TopicError", "ClickHouseError", "MigrationError"):
             print(f"reftrack: {scrub(str(exc))}", file=sys.stderr)
             return 1
         raise

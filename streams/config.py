@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_PSEUDONYM_KEY_BYTES = 16
+
 
 class ConfigError(Exception):
     """Configuration that cannot work; the message says which variable and why."""
@@ -43,6 +45,9 @@ class Settings(BaseSettings):
     partitions: int = Field(8, ge=1, description="partitions of the topics reftrack creates")
     replication_factor: int = Field(1, ge=1)
     store: Literal["rocksdb", "memory"] = "rocksdb"
+    kafka_connect_timeout: float = Field(
+        30.0, gt=0, description="how long start-up waits for the brokers (s)"
+    )
     session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout (s)")
     tracker_batch: int = Field(1000, ge=1, description="events the tracker takes per batch")
     tracker_batch_seconds: float = Field(0.1, gt=0)
@@ -103,13 +108,19 @@ class Settings(BaseSettings):
 
     @property
     def pseudonym_key_bytes(self) -> bytes:
-        if self.pseudonym_key is None:
+        if self.pseudonym_key is None or not self.pseudonym_key.get_secret_value():
             raise ConfigError(
                 "REFTRACK_PSEUDONYM_KEY is not set: patient ids cannot be pseudonymized. "
                 "Set a long random secret (e.g. `openssl rand -hex 32`); only `reftrack demo` "
                 "makes up its own."
             )
-        return self.pseudonym_key.get_secret_value().encode()
+        key = self.pseudonym_key.get_secret_value().encode()
+        if len(key) < MIN_PSEUDONYM_KEY_BYTES:
+            raise ConfigError(
+                f"REFTRACK_PSEUDONYM_KEY is too short ({len(key)} bytes; at least "
+                f"{MIN_PSEUDONYM_KEY_BYTES}): a short key lets anyone test guessed patient ids"
+            )
+        return key
 
 
 def is_loopback(host: str) -> bool:

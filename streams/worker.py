@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings) -> int:
     configure(settings.log_level, settings.log_format)
-    asyncio.run(ensure_topics(settings))
+    settings.pseudonym_key_bytes  # noqa: B018  (fail before touching Kafka or ClickHouse)
+    asyncio.run(ensure_topics(settings, settings.kafka_connect_timeout))
     pipeline = create_pipeline(settings)
     ch = pipeline.clickhouse
     applied = ch._executor.submit(migrate, ch).result()
