@@ -233,7 +233,7 @@ def _variant(event_type: EventType, data_model: type[_Data]) -> type[_EventBase]
     return create_model(  # type: ignore[call-overload, no-any-return]
         f"{name}Event",
         __base__=_EventBase,
-        type=(Literal[event_type.value], ...),  # type: ignore[valid-type]
+        type=(Literal[event_type.value], ...),  # type: ignore[valid-type, arg-type]
         data=data_field,
     )
 
@@ -242,8 +242,9 @@ EVENT_MODELS: dict[EventType, type[_EventBase]] = {
     t: _variant(t, m) for t, m in DATA_MODELS.items()
 }
 
-CanonicalEvent = Annotated[
-    Union[tuple(EVENT_MODELS.values())],  # type: ignore[valid-type]  # noqa: UP007
+# The tagged union of every event model, built from EVENT_MODELS (so not a static type).
+CanonicalEvent: Any = Annotated[
+    Union[tuple(EVENT_MODELS.values())],  # noqa: UP007
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(CanonicalEvent)

@@ -57,11 +57,14 @@ def create_pipeline(settings: Settings) -> Pipeline:
     metrics = Metrics()
     key = settings.pseudonym_key_bytes
 
-    raw = {"key_type": None, "value_type": None, "key_serializer": "raw", "value_serializer": "raw"}
-    events = app.topic(names.events, **raw)
-    tracked = app.topic(names.tracked, **raw)
-    status = app.topic(names.status, compacting=True, **raw)
-    dlq = app.topic(names.dlq, **raw)
+    def raw_topic(name: str, compacting: bool = False) -> Any:
+        """Bytes in, bytes out: reftrack decodes messages itself, once, where it must."""
+        return app.topic(name, key_serializer="raw", value_serializer="raw", compacting=compacting)
+
+    events = raw_topic(names.events)
+    tracked = raw_topic(names.tracked)
+    status = raw_topic(names.status, compacting=True)
+    dlq = raw_topic(names.dlq)
     table = app.Table(
         REFERRAL_TABLE,
         default=None,

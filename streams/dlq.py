@@ -27,7 +27,8 @@ def redact_patient_id(raw: bytes, key: bytes) -> tuple[bytes, bool]:
         return raw, False
     if not isinstance(doc, dict) or doc.get("patient_id") is None:
         return raw, False
-    org = doc.get("org_id") if isinstance(doc.get("org_id"), str) else ""
+    org_id = doc.get("org_id")
+    org = org_id if isinstance(org_id, str) else ""
     doc["patient_id"] = pseudonymize(key, org, str(doc["patient_id"]))
     return json.dumps(doc, ensure_ascii=False).encode("utf-8"), True
 

@@ -54,7 +54,8 @@ class WebService(Service):
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.web_bind, s.web_port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        server: Any = site._server
+        sockets = server.sockets if server is not None else []
         self.port = sockets[0].getsockname()[1] if sockets else s.web_port
         log.info("web listening on http://%s:%s/", s.web_bind, self.port)
 
@@ -97,7 +98,7 @@ class WebService(Service):
         )
 
     def readiness(self) -> dict[str, bool]:
-        app = self.pipeline.app
+        app: Any = self.pipeline.app
         consumer = app.consumer if app.started else None
         assigned = bool(consumer is not None and consumer.assignment())
         recovered = bool(app.started and app.tables.recovery.completed.is_set())
@@ -119,7 +120,7 @@ class WebService(Service):
         )
 
     def consumer_lag(self) -> dict[str, int]:
-        app = self.pipeline.app
+        app: Any = self.pipeline.app
         if not app.started:
             return {}
         consumer = app.consumer
