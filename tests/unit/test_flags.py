@@ -10,6 +10,7 @@ import pytest
 from schemas.events import TrackedEvent
 from schemas.flags import DAY, DEFAULT_TARGETS, FLAG_RULES, HOUR, SlaTargets, evaluate_flags
 from schemas.referral import ReferralState, Status, fold
+from tests.unit.factories import default_data
 
 T0 = 1_735_689_600_000_000  # 2025-01-01T00:00:00Z in µs
 US = 1
@@ -17,25 +18,8 @@ _ids = count()
 
 
 def ev(kind: str, at: int, **data: Any) -> TrackedEvent:
-    defaults: dict[str, dict[str, Any]] = {
-        "referral.created": {"priority": "routine", "specialty": "cardiology", "in_network": True},
-        "referral.routed": {"in_network": True},
-        "patient.outreach": {"channel": "sms"},
-        "appointment.scheduled": {
-            "appointment_id": "A-1",
-            "appointment_at": T0 + 30 * DAY,
-            "in_network": True,
-        },
-        "appointment.rescheduled": {
-            "appointment_id": "A-1",
-            "appointment_at": T0 + 31 * DAY,
-            "in_network": True,
-        },
-        "appointment.completed": {"appointment_id": "A-1", "in_network": True},
-        "appointment.no_show": {"appointment_id": "A-1"},
-        "appointment.cancelled": {"appointment_id": "A-1"},
-    }
-    payload = {**defaults.get(kind, {}), **data}
+    defaults = default_data(kind, scheduled_at=T0 + 30 * DAY, rescheduled_at=T0 + 31 * DAY)
+    payload = {**defaults, **data}
     return TrackedEvent(f"e{next(_ids):06d}", "northwind", "R-1", kind, at, "ehr", None, payload)
 
 

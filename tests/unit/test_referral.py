@@ -22,6 +22,7 @@ from schemas.referral import (
     new_state,
 )
 from schemas.snapshot import status_snapshot
+from tests.unit.factories import default_data
 
 T0 = 1_735_689_600_000_000  # 2025-01-01T00:00:00Z in µs
 _ids = count()
@@ -35,26 +36,7 @@ def ev(
     **data: Any,
 ) -> TrackedEvent:
     """One event of this referral at T0 + hours."""
-    defaults: dict[str, dict[str, Any]] = {
-        "referral.created": {"priority": "routine", "specialty": "cardiology", "in_network": True},
-        "referral.routed": {"in_network": True},
-        "patient.outreach": {"channel": "sms"},
-        "appointment.scheduled": {
-            "appointment_id": "A-1",
-            "appointment_at": T0 + 240 * HOUR,
-            "in_network": True,
-        },
-        "appointment.rescheduled": {
-            "appointment_id": "A-1",
-            "appointment_at": T0 + 260 * HOUR,
-            "in_network": True,
-        },
-        "appointment.cancelled": {"appointment_id": "A-1"},
-        "appointment.no_show": {"appointment_id": "A-1"},
-        "appointment.completed": {"appointment_id": "A-1", "in_network": True},
-        "patient.feedback": {"score": 4},
-    }
-    payload = dict(defaults.get(kind, {}))
+    payload = default_data(kind, scheduled_at=T0 + 240 * HOUR, rescheduled_at=T0 + 260 * HOUR)
     payload.update(data)
     return TrackedEvent(
         event_id=event_id if event_id is not None else f"e{next(_ids):06d}",
