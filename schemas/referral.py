@@ -84,14 +84,18 @@ def _later(current: list[Any] | None, key: SortKey, *payload: Any) -> list[Any]:
 @dataclass(slots=True)
 class ReferralState:
     """Everything SPEC §4-§7 needs about one referral, and nothing that grows unbounded
-    except the set of distinct event ids (needed to count duplicates as duplicates).
+    except the distinct event ids (needed to count duplicates as duplicates).
 
+    `event_ids` maps each distinct event id to the position (offset in the referral's
+    partition of the tracked topic, -1 when not known) of the message that was accepted
+    for it: after a crash, a redelivered message can then tell "I am the accepted copy,
+    processed before" from "I am a duplicate" (see schemas/windows.py).
     Join cells are `[occurred_at, event_id, payload...]` lists or None.
     """
 
     org_id: str
     referral_id: str
-    event_ids: set[str] = field(default_factory=set)
+    event_ids: dict[str, int] = field(default_factory=dict)
     milestones: dict[str, list[Any]] = field(default_factory=dict)
     created: list[Any] | None = None  # [t, id, priority, specialty]
     patient: list[Any] | None = None  # [t, id, patient_ref] first event carrying one
@@ -110,11 +114,13 @@ class ReferralState:
 
     # -- applying events -------------------------------------------------------------
 
-    def apply(self, event: TrackedEvent) -> bool:
-        """Fold one event in; return False (and change nothing) for a duplicate."""
+    def apply(self, event: TrackedEvent, position: int = -1) -> bool:
+        """Fold one event in; return False (and change nothing) for a duplicate.
+
+        `position` is where this copy of the event sits in the input (its offset)."""
         if event.event_id in self.event_ids:
             return False
-        self.event_ids.add(event.event_id)
+        self.event_ids[event.event_id] = position
         key: SortKey = (event.occurred_at, event.event_id)
         kind = event.type
         data = event.data
@@ -158,6 +164,10 @@ class ReferralState:
     @property
     def key(self) -> str:
         return f"{self.org_id}/{self.referral_id}"
+
+    def accepted_position(self, event_id: str) -> int | None:
+        """Where the accepted copy of this event was read (None: not seen)."""
+        return self.event_ids.get(event_id)
 
     @property
     def version(self) -> int:
@@ -225,13 +235,18 @@ class ReferralState:
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
 
-    def stage_durations(self) -> list[tuple[str, int]]:
-        """(stage, µs spent in it) for each finished stage, SPEC §4."""
+    def stages(self) -> list[tuple[str, int, int]]:
+        """(stage, entered at, left at) for each finished stage, SPEC §4: consecutive
+        present milestones; "left" is the next milestone's time (may precede "entered"
+        when events disagree, which stage_durations clamps to 0)."""
         if "created" not in self.milestones:
             return []
         present = [(n, self.milestones[n][0]) for n in MILESTONES if n in self.milestones]
-        pairs = zip(present, present[1:], strict=False)
-        return [(a, max(0, tb - ta)) for (a, ta), (_, tb) in pairs]
+        return [(a, ta, tb) for (a, ta), (_, tb) in zip(present, present[1:], strict=False)]
+
+    def stage_durations(self) -> list[tuple[str, int]]:
+        """(stage, µs spent in it) for each finished stage, SPEC §4."""
+        return [(stage, max(0, left - entered)) for stage, entered, left in self.stages()]
 
     # -- persistence -----------------------------------------------------------------
 
@@ -239,7 +254,7 @@ class ReferralState:
         return {
             "org_id": self.org_id,
             "referral_id": self.referral_id,
-            "event_ids": sorted(self.event_ids),
+            "event_ids": dict(sorted(self.event_ids.items())),
             "milestones": self.milestones,
             "created": self.created,
             "patient": self.patient,
@@ -260,7 +275,8 @@ class ReferralState:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReferralState:
         state = cls(**{k: v for k, v in d.items() if k != "event_ids"})
-        state.event_ids = set(d.get("event_ids", ()))
+        ids = d.get("event_ids") or {}
+        state.event_ids = dict(ids) if isinstance(ids, dict) else dict.fromkeys(ids, -1)
         return state
 
 

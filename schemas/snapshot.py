@@ -46,9 +46,15 @@ def status_snapshot(
             "leaked": state.leaked,
             "feedback_score": state.feedback_score,
             "flags": evaluate_flags(state, now, targets),
-            "stage_durations": {
-                stage: round(us / 3_600_000_000, 6) for stage, us in state.stage_durations()
-            },
+            "stages": [
+                {
+                    "stage": stage,
+                    "entered_at": iso(entered),
+                    "left_at": iso(left),
+                    "hours": round(max(0, left - entered) / 3_600_000_000, 6),
+                }
+                for stage, entered, left in state.stages()
+            ],
             "updated_at": iso(state.last_event_at),
             "evaluated_at": iso(now),
         }

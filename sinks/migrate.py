@@ -31,6 +31,13 @@ class Migration:
         return [s.strip().replace("{db}", database) for s in text.split(";") if s.strip()]
 
 
+def applied_versions(ch: ClickHouse) -> list[int]:
+    _, rows = ch.query(
+        f"SELECT version FROM {ch.database}.schema_migrations FINAL ORDER BY version"
+    )
+    return [int(r[0]) for r in rows]
+
+
 def available() -> list[Migration]:
     found = []
     for entry in resources.files("sinks.migrations").iterdir():
@@ -44,8 +51,9 @@ def available() -> list[Migration]:
     return found
 
 
-def migrate(ch: ClickHouse) -> list[Migration]:
-    """Create the database if needed and apply every migration not yet applied."""
+def migrate(ch: ClickHouse, target: int | None = None) -> list[Migration]:
+    """Create the database if needed and apply, in order, every migration not yet applied
+    (up to `target`, when given: tests use it to build an older schema)."""
     db = ch.database
     ch.command(f"CREATE DATABASE IF NOT EXISTS {db}")
     ch.use_database()
@@ -58,7 +66,7 @@ def migrate(ch: ClickHouse) -> list[Migration]:
     done = {int(r[0]) for r in rows}
     applied = []
     for migration in available():
-        if migration.version in done:
+        if migration.version in done or (target is not None and migration.version > target):
             continue
         for statement in migration.statements(db):
             ch.command(statement)

@@ -1,11 +1,15 @@
-"""Topic message -> ClickHouse row, one mapping per sink table."""
+"""Topic message -> ClickHouse rows, one mapping per sink table."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+
+from schemas.events import TrackedEvent, from_micros
+
+_MICROSECOND = timedelta(microseconds=1)
 
 REFERRAL_STATE_COLUMNS: tuple[str, ...] = (
     "org_id",
@@ -40,9 +44,102 @@ def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def referral_state_row(raw: bytes) -> Sequence[Any]:
-    """A status snapshot (schemas.snapshot) as a `referral_state` row."""
+def referral_state_rows(raw: bytes) -> list[Sequence[Any]]:
+    """A status snapshot (schemas.snapshot) as its `referral_state` row."""
     snap = json.loads(raw)
     return [
-        _time(snap.get(c)) if c in _TIME_COLUMNS else snap.get(c) for c in REFERRAL_STATE_COLUMNS
+        [_time(snap.get(c)) if c in _TIME_COLUMNS else snap.get(c) for c in REFERRAL_STATE_COLUMNS]
+    ]
+
+
+STAGE_COLUMNS: tuple[str, ...] = (
+    "org_id",
+    "referral_id",
+    "stage",
+    "version",
+    "priority",
+    "specialty",
+    "entered_at",
+    "left_at",
+    "duration_us",
+)
+
+
+def stage_rows(raw: bytes) -> list[Sequence[Any]]:
+    """A status snapshot's finished stages as `stage_durations` rows."""
+    snap = json.loads(raw)
+    rows: list[Sequence[Any]] = []
+    for stage in snap.get("stages", ()):
+        entered, left = _time(stage["entered_at"]), _time(stage["left_at"])
+        assert entered is not None and left is not None
+        duration = max(0, (left - entered) // _MICROSECOND)
+        rows.append(
+            [
+                snap["org_id"],
+                snap["referral_id"],
+                stage["stage"],
+                snap["version"],
+                snap.get("priority"),
+                snap.get("specialty"),
+                entered,
+                left,
+                duration,
+            ]
+        )
+    return rows
+
+
+EVENT_COLUMNS: tuple[str, ...] = (
+    "org_id",
+    "referral_id",
+    "event_id",
+    "type",
+    "source",
+    "occurred_at",
+    "patient_ref",
+    "data",
+)
+
+
+def event_rows(raw: bytes) -> list[Sequence[Any]]:
+    """A tracked (validated, pseudonymized) event as an `events` row."""
+    event = TrackedEvent.from_json(raw)
+    return [
+        [
+            event.org_id,
+            event.referral_id,
+            event.event_id,
+            event.type,
+            event.source,
+            from_micros(event.occurred_at),
+            event.patient_ref,
+            json.dumps(event.data, separators=(",", ":"), sort_keys=True),
+        ]
+    ]
+
+
+RATE_COLUMNS: tuple[str, ...] = (
+    "org_id",
+    "type",
+    "window_start",
+    "partition",
+    "segment",
+    "events",
+    "version",
+)
+
+
+def rate_rows(raw: bytes) -> list[Sequence[Any]]:
+    """A window cell (streams.windows) as an `event_rates` row."""
+    cell = json.loads(raw)
+    return [
+        [
+            cell["org_id"],
+            cell["type"],
+            _time(cell["window_start"]),
+            cell["partition"],
+            cell["segment"],
+            cell["events"],
+            cell["version"],
+        ]
     ]

@@ -1,4 +1,4 @@
-"""Copy one topic into one ClickHouse table, in batches, exactly-once in effect.
+"""Copy one topic into ClickHouse tables, in batches, exactly-once in effect.
 
 The sink has its own consumer group and commits a batch's offsets only after the rows
 are in ClickHouse, so a crash replays at most the unflushed batch; the tables are
@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -27,11 +28,20 @@ from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-RowMapper = Callable[[bytes], Sequence[Any]]
+Rows = list[Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class SinkTarget:
+    """One table fed by the topic: each message becomes zero or more of its rows."""
+
+    table: str
+    columns: Sequence[str]
+    to_rows: Callable[[bytes], Rows]
 
 
 class TopicSink(Service):
-    """One topic -> one table."""
+    """One topic -> one or more tables, flushed together, committed once all landed."""
 
     def __init__(
         self,
@@ -40,9 +50,7 @@ class TopicSink(Service):
         bootstrap: str,
         group_id: str,
         topic: str,
-        table: str,
-        columns: Sequence[str],
-        to_row: RowMapper,
+        targets: Sequence[SinkTarget],
         clickhouse: ClickHouse,
         metrics: Metrics,
         batch_rows: int,
@@ -57,9 +65,7 @@ class TopicSink(Service):
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.topic = topic
-        self.table = table
-        self.columns = tuple(columns)
-        self.to_row = to_row
+        self.targets = tuple(targets)
         self.clickhouse = clickhouse
         self.metrics = metrics
         self.batch_rows = batch_rows
@@ -68,7 +74,7 @@ class TopicSink(Service):
         self.consumer_options = consumer_options or {}
         self.drain_seconds = drain_seconds
         self._consumer: AIOKafkaConsumer | None = None
-        self._rows: list[Sequence[Any]] = []
+        self._rows: dict[str, Rows] = {t.table: [] for t in self.targets}
         self._offsets: dict[TopicPartition, int] = {}
         self._read: dict[TopicPartition, int] = {}
         self._first_buffered: float | None = None
@@ -79,7 +85,11 @@ class TopicSink(Service):
 
     @property
     def pending(self) -> int:
-        return len(self._rows)
+        return sum(len(rows) for rows in self._rows.values())
+
+    @property
+    def tables(self) -> list[str]:
+        return [t.table for t in self.targets]
 
     async def on_start(self) -> None:
         session_ms = int(self.session_timeout * 1000)
@@ -117,18 +127,19 @@ class TopicSink(Service):
         for tp, messages in batches.items():
             for message in messages:
                 if message.value is not None:  # compaction tombstones carry no row
-                    self._rows.append(self.to_row(message.value))
+                    for target in self.targets:
+                        self._rows[target.table].extend(target.to_rows(message.value))
                 self._offsets[tp] = message.offset + 1
             if messages:
                 self._read[tp] = messages[-1].offset + 1
             if messages and self._first_buffered is None:
                 self._first_buffered = time.monotonic()
-        self.metrics.sink_rows_pending.set(len(self._rows))
+        self.metrics.sink_rows_pending.set(self.pending)
 
     def _due(self) -> bool:
         if not self._offsets:
             return False
-        if len(self._rows) >= self.batch_rows:
+        if self.pending >= self.batch_rows:
             return True
         return (
             self._first_buffered is not None
@@ -136,44 +147,52 @@ class TopicSink(Service):
         )
 
     async def _flush(self) -> None:
-        """Insert the buffer, retrying until it lands or the sink stops; then commit."""
-        rows, offsets = self._rows, dict(self._offsets)
-        delay = 0.2
-        while rows:
-            started = time.monotonic()
-            try:
-                await self.clickhouse.call(self.clickhouse.insert, self.table, rows, self.columns)
-            except ClickHouseError as exc:
-                self.metrics.sink_failures.labels(self.table).inc()
-                self.last_error = str(exc)
-                log.error(
-                    "sink %s: insert of %d rows into %s failed, retrying in %.1fs: %s",
-                    self.sink_name,
-                    len(rows),
-                    self.table,
-                    delay,
-                    exc,
-                )
-                if self.should_stop and delay > 5:
-                    log.error("sink %s: giving up at shutdown; rows stay in Kafka", self.sink_name)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            elapsed = time.monotonic() - started
-            self.metrics.sink_rows.labels(self.table).inc(len(rows))
-            self.metrics.sink_flushes.labels(self.table).inc()
-            self.metrics.sink_batch_rows.labels(self.table).observe(len(rows))
-            self.metrics.sink_flush_seconds.labels(self.table).observe(elapsed)
-            self.last_error = None
-            break
+        """Insert every table's rows, retrying until they land or the sink stops; then
+        commit. A retry may insert a table twice: its rows are idempotent."""
+        offsets = dict(self._offsets)
+        for target in self.targets:
+            rows = self._rows[target.table]
+            if rows and not await self._insert(target, rows):
+                return  # stopping with ClickHouse down: the rows stay in Kafka
         await self._commit(offsets)
-        self._rows = []
+        self._rows = {t.table: [] for t in self.targets}
         self._offsets = {}
         self._first_buffered = None
         self.last_flush = time.time()
         self.metrics.sink_last_flush.set(self.last_flush)
         self.metrics.sink_rows_pending.set(0)
+
+    async def _insert(self, target: SinkTarget, rows: Rows) -> bool:
+        delay = 0.2
+        table = target.table
+        while True:
+            started = time.monotonic()
+            try:
+                await self.clickhouse.call(self.clickhouse.insert, table, rows, target.columns)
+            except ClickHouseError as exc:
+                self.metrics.sink_failures.labels(table).inc()
+                self.last_error = str(exc)
+                log.error(
+                    "sink %s: insert of %d rows into %s failed, retrying in %.1fs: %s",
+                    self.sink_name,
+                    len(rows),
+                    table,
+                    delay,
+                    exc,
+                )
+                if self.should_stop and delay > 5:
+                    log.error("sink %s: giving up at shutdown; rows stay in Kafka", self.sink_name)
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            elapsed = time.monotonic() - started
+            self.metrics.sink_rows.labels(table).inc(len(rows))
+            self.metrics.sink_flushes.labels(table).inc()
+            self.metrics.sink_batch_rows.labels(table).observe(len(rows))
+            self.metrics.sink_flush_seconds.labels(table).observe(elapsed)
+            self.last_error = None
+            return True
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None
@@ -212,7 +231,7 @@ class TopicSink(Service):
                 return
             batches = await consumer.getmany(*behind, timeout_ms=200, max_records=self.batch_rows)
             self._buffer(batches)
-            if len(self._rows) >= self.batch_rows:
+            if self.pending >= self.batch_rows:
                 await self._flush()
         log.warning("sink %s: stopped before reaching the end of %s", self.sink_name, self.topic)
 

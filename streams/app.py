@@ -9,15 +9,26 @@ from typing import Any
 import faust
 
 from sinks.clickhouse import ClickHouse
-from sinks.rows import REFERRAL_STATE_COLUMNS, referral_state_row
-from sinks.topic_sink import TopicSink
+from sinks.rows import (
+    EVENT_COLUMNS,
+    RATE_COLUMNS,
+    REFERRAL_STATE_COLUMNS,
+    STAGE_COLUMNS,
+    event_rows,
+    rate_rows,
+    referral_state_rows,
+    stage_rows,
+)
+from sinks.topic_sink import SinkTarget, TopicSink
 from streams.config import Settings, Topics
 from streams.ingest import register_ingest
 from streams.kafka_compat import install_end_offsets_probe
 from streams.metrics import Metrics
-from streams.tracker import register_tracker
+from streams.tracker import Tracker, register_tracker
+from streams.windows import WindowCounter
 
 REFERRAL_TABLE = "referral-state"
+WINDOW_TABLE = "rate-windows"
 
 
 @dataclass
@@ -28,7 +39,7 @@ class Pipeline:
     table: Any
     metrics: Metrics
     clickhouse: ClickHouse
-    status_sink: TopicSink
+    sinks: list[TopicSink]
 
 
 def create_pipeline(settings: Settings) -> Pipeline:
@@ -65,39 +76,58 @@ def create_pipeline(settings: Settings) -> Pipeline:
     tracked = raw_topic(names.tracked)
     status = raw_topic(names.status, compacting=True)
     dlq = raw_topic(names.dlq)
-    table = app.Table(
-        REFERRAL_TABLE,
-        default=None,
-        partitions=settings.partitions,
-        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+    rates = raw_topic(names.rates, compacting=True)
+
+    def json_table(name: str) -> Any:
+        return app.Table(
+            name,
+            default=None,
+            partitions=settings.partitions,
+            schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        )
+
+    table = json_table(REFERRAL_TABLE)
+    windows = WindowCounter(
+        table=json_table(WINDOW_TABLE),
+        rates=rates,
+        metrics=metrics,
+        grace_us=int(settings.window_grace_seconds * 1_000_000),
+    )
+    tracker = Tracker(
+        table=table, status=status, dlq=dlq, windows=windows, metrics=metrics, pseudonym_key=key
     )
 
     register_ingest(app, events, tracked, dlq, metrics, key)
-    register_tracker(
-        app,
-        tracked,
-        status,
-        dlq,
-        table,
-        metrics,
-        key,
-        settings.tracker_batch,
-        settings.tracker_batch_seconds,
-    )
+    register_tracker(app, tracked, tracker, settings.tracker_batch, settings.tracker_batch_seconds)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def _forget_windows(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        windows.forget({tp.partition for tp in revoked if tp.topic == names.tracked})
 
     clickhouse = ClickHouse(settings.dsn, settings.clickhouse_database)
-    status_sink = TopicSink(
-        name="referral_state",
-        bootstrap=settings.kafka_bootstrap,
-        group_id=f"{settings.app_id}.sink.referral_state",
-        topic=names.status,
-        table="referral_state",
-        columns=REFERRAL_STATE_COLUMNS,
-        to_row=referral_state_row,
-        clickhouse=clickhouse,
-        metrics=metrics,
-        batch_rows=settings.sink_batch_rows,
-        flush_seconds=settings.sink_flush_seconds,
-        session_timeout=session,
-    )
-    return Pipeline(settings, app, names, table, metrics, clickhouse, status_sink)
+
+    def sink(name: str, topic: str, *targets: SinkTarget) -> TopicSink:
+        return TopicSink(
+            name=name,
+            bootstrap=settings.kafka_bootstrap,
+            group_id=f"{settings.app_id}.sink.{name}",
+            topic=topic,
+            targets=targets,
+            clickhouse=clickhouse,
+            metrics=metrics,
+            batch_rows=settings.sink_batch_rows,
+            flush_seconds=settings.sink_flush_seconds,
+            session_timeout=session,
+        )
+
+    sinks = [
+        sink(
+            "status",
+            names.status,
+            SinkTarget("referral_state", REFERRAL_STATE_COLUMNS, referral_state_rows),
+            SinkTarget("stage_durations", STAGE_COLUMNS, stage_rows),
+        ),
+        sink("events", names.tracked, SinkTarget("events", EVENT_COLUMNS, event_rows)),
+        sink("rates", names.rates, SinkTarget("event_rates", RATE_COLUMNS, rate_rows)),
+    ]
+    return Pipeline(settings, app, names, table, metrics, clickhouse, sinks)

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout (s)")
     tracker_batch: int = Field(1000, ge=1, description="events the tracker takes per batch")
     tracker_batch_seconds: float = Field(0.1, gt=0)
+    window_grace_seconds: float = Field(
+        3600.0, ge=0, description="event time a rate window stays open after it ends"
+    )
     sink_batch_rows: int = Field(5000, ge=1, description="flush the sink at this many rows")
     sink_flush_seconds: float = Field(1.0, gt=0, description="... or after this long")
     kafka_end_offsets_probe: bool = Field(
@@ -153,3 +156,4 @@ class Topics:
         self.status = f"{prefix}.status.v1"
         self.dlq = f"{prefix}.dlq.v1"
         self.alerts = f"{prefix}.alerts.v1"
+        self.rates = f"{prefix}.rates.v1"

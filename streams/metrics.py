@@ -38,6 +38,14 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.windows_open = Gauge(
+            "reftrack_windows_open", "Event-rate window cells kept open (within grace)", registry=r
+        )
+        self.windows_reopened = Counter(
+            "reftrack_windows_reopened",
+            "Events later than the window grace period (counted in a new segment)",
+            registry=r,
+        )
         self.sink_rows = Counter(
             "reftrack_sink_rows", "Rows written to ClickHouse", ["table"], registry=r
         )

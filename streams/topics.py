@@ -31,6 +31,7 @@ def wanted_topics(settings: Settings) -> list[NewTopic]:
         NewTopic(names.status, n, rf, topic_configs={"cleanup.policy": "compact"}),
         NewTopic(names.dlq, n, rf),
         NewTopic(names.alerts, n, rf),
+        NewTopic(names.rates, n, rf, topic_configs={"cleanup.policy": "compact"}),
     ]
 
 

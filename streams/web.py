@@ -99,8 +99,10 @@ class WebService(Service):
 
     def readiness(self) -> dict[str, bool]:
         app: Any = self.pipeline.app
-        consumer = app.consumer if app.started else None
-        assigned = bool(consumer is not None and consumer.assignment())
+        try:
+            assigned = bool(app.started and app.consumer.assignment())
+        except Exception:  # Faust raises ConsumerNotStarted while its consumer thread starts
+            assigned = False
         recovered = bool(app.started and app.tables.recovery.completed.is_set())
         return {
             "partitions_assigned": assigned and not app.rebalancing,
@@ -140,7 +142,6 @@ class WebService(Service):
     async def pipeline_status(self, request: web.Request) -> web.Response:
         p = self.pipeline
         m = p.metrics
-        sink = p.status_sink
         processed = m.total(m.events_processed)
         duplicates = m.total(m.events_duplicate)
         dead = m.total(m.dlq)
@@ -157,14 +158,19 @@ class WebService(Service):
                 "sink_rows": m.total(m.sink_rows),
             },
             "consumer_lag": self.consumer_lag(),
-            "sink": {
-                "table": sink.table,
-                "rows_pending": sink.pending,
-                "lag": sink.lag(),
-                "last_flush": sink.last_flush,
-                "last_error": sink.last_error,
-                "clickhouse": p.clickhouse.describe(),
-            },
+            "clickhouse": p.clickhouse.describe(),
+            "sinks": [
+                {
+                    "name": sink.sink_name,
+                    "topic": sink.topic,
+                    "tables": sink.tables,
+                    "rows_pending": sink.pending,
+                    "lag": sink.lag(),
+                    "last_flush": sink.last_flush,
+                    "last_error": sink.last_error,
+                }
+                for sink in p.sinks
+            ],
             "topics": vars(p.topics),
         }
         return web.json_response(body)

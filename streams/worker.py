@@ -35,7 +35,7 @@ def run_worker(settings: Settings) -> int:
     worker = faust.Worker(
         pipeline.app,
         web,
-        pipeline.status_sink,
+        *pipeline.sinks,
         loglevel=settings.log_level,
         logging_config=logging_config(settings.log_level, settings.log_format),
         redirect_stdouts=False,

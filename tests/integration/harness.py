@@ -96,6 +96,13 @@ class Deployment:
         return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
+def _json_or_text(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        return body.decode(errors="replace")
+
+
 class Worker:
     """A `reftrack worker` subprocess."""
 
@@ -120,9 +127,9 @@ class Worker:
     def get(self, path: str) -> tuple[int, Any]:
         try:
             with urllib.request.urlopen(self.url + path, timeout=10) as response:
-                return response.status, json.loads(response.read())
+                return response.status, _json_or_text(response.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+            return exc.code, _json_or_text(exc.read())
 
     def pipeline(self) -> dict[str, Any]:
         return self.get("/api/pipeline")[1]
