@@ -6,10 +6,17 @@ replayed, land in windows that are already dead) and forget expiry after recover
 with event time driving everything:
 
 - A window cell belongs to one partition of the tracked topic and counts the distinct
-  events of one (org_id, type, minute) seen there. The cell remembers the highest offset
-  it has counted (`max_offset`): a message at or below it is already in the count. Faust
-  flushes every changelog write before it commits an offset, so after a crash a
-  redelivered message is counted again only if its earlier count was lost with it.
+  events of one (org_id, type, minute) seen there. With its count it keeps the highest
+  offset it has counted (`max_offset`), in the same record, so the two never disagree. A
+  redelivered message at or below it is already in the count. Faust flushes every
+  changelog write before it commits an offset, so after a crash a message is counted
+  again only if its earlier count was lost with it.
+- Each partition also has a progress record with its watermark and `closed_through`,
+  the highest `max_offset` of any cell closed so far. A redelivered message whose cell
+  is already closed (gone) and whose offset is at or below `closed_through` was counted
+  in that closed cell. The record is written before the closed cells are deleted, in the
+  same changelog partition, so a deletion never survives without the record that
+  explains it.
 - Only the accepted copy of an event counts (its position in the referral state).
   Duplicates never do.
 - The partition's watermark is the latest occurred_at it has accepted. It is kept in the
@@ -39,8 +46,8 @@ def cell_key(partition: int, org_id: str, event_type: str, start: int) -> str:
     return f"w/{partition}/{start}/{org_id}/{event_type}"
 
 
-def watermark_key(partition: int) -> str:
-    return f"watermark/{partition}"
+def progress_key(partition: int) -> str:
+    return f"progress/{partition}"
 
 
 @dataclass(slots=True)
@@ -88,3 +95,29 @@ class WindowCell:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WindowCell:
         return cls(**d)
+
+
+@dataclass(slots=True)
+class PartitionProgress:
+    """Per tracked partition: the event-time watermark, and the highest offset counted in
+    a window that has since closed."""
+
+    watermark: int | None = None
+    closed_through: int = -1
+
+    def counted_in_a_closed_window(self, offset: int) -> bool:
+        return offset <= self.closed_through
+
+    def see(self, occurred_at: int) -> None:
+        if self.watermark is None or occurred_at > self.watermark:
+            self.watermark = occurred_at
+
+    def close(self, cell: WindowCell) -> None:
+        self.closed_through = max(self.closed_through, cell.max_offset)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"watermark": self.watermark, "closed_through": self.closed_through}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> PartitionProgress:
+        return cls(**d) if d else cls()

@@ -64,10 +64,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.query import query_worker
+    from streams.replay import ReplayError, replay
+
+    settings = _settings()
+    if not args.yes:
+        raise ReplayError(
+            "replay empties reftrack's ClickHouse tables and re-sinks them from Kafka when "
+            "the worker next starts; stop the workers, then run `reftrack replay --yes`"
+        )
+    try:
+        running = query_worker(settings, "SELECT 1", timeout=5) is not None
+    except Exception:
+        running = True
+    if running:
+        raise ReplayError(f"a worker answers on port {settings.web_port}: stop it first")
+    for line in replay(settings):
+        print(line)
+    print("start the worker to rebuild ClickHouse from the topics")
+    return 0
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from streams.query import format_rows, run_query
 
-    columns, rows = run_query(_settings(), args.sql)
+    columns, rows = run_query(_settings(), args.sql, args.max_rows)
     print(format_rows(columns, rows, args.format))
     return 0
 
@@ -158,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="read-only SQL against reftrack's ClickHouse")
     p.add_argument("sql")
     p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
+    p.add_argument("--max-rows", type=int, default=10_000, help="refuse larger results")
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("replay", help="rebuild ClickHouse from the topics (workers stopped)")
+    p.add_argument("--yes", action="store_true", help="really empty the tables and rewind")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("migrate", help="apply ClickHouse migrations")
     p.set_defaults(func=cmd_migrate)
@@ -178,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         from sinks.clickhouse import scrub
 
         name = type(exc).__name__
-        if name in ("QueryError", "BrokerError", "TopicError", "ClickHouseError", "MigrationError"):
+        if name in ("QueryError", "BrokerError", "TopicError", "ClickHouseError", "ReplayError"):
             print(f"reftrack: {scrub(str(exc))}", file=sys.stderr)
             return 1
         raise

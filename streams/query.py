@@ -29,12 +29,12 @@ def _worker_url(settings: Settings) -> str:
 
 
 def query_worker(
-    settings: Settings, sql: str, timeout: float = 70.0
+    settings: Settings, sql: str, timeout: float = 70.0, max_rows: int = 10_000
 ) -> tuple[list[str], list[Any]] | None:
     """Ask a running worker; None when no worker listens."""
     request = urllib.request.Request(
         _worker_url(settings),
-        data=json.dumps({"sql": sql}).encode(),
+        data=json.dumps({"sql": sql, "max_rows": max_rows}).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
     )
@@ -51,14 +51,16 @@ def query_worker(
         raise QueryError(f"worker refused the query ({exc.code}): {detail}") from None
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
+    if body.get("truncated"):
+        raise QueryError(f"more than {max_rows} rows: add a LIMIT or raise --max-rows")
     return body["columns"], body["rows"]
 
 
-def run_query(settings: Settings, sql: str) -> tuple[list[str], list[Any]]:
+def run_query(settings: Settings, sql: str, max_rows: int = 10_000) -> tuple[list[str], list[Any]]:
     if not is_read_only(sql):
         raise QueryError("reftrack query is read-only: SELECT, WITH, SHOW, DESCRIBE, EXPLAIN")
     if is_loopback(settings.web_bind) or settings.web_bind in ("0.0.0.0", "::"):
-        result = query_worker(settings, sql)
+        result = query_worker(settings, sql, max_rows=max_rows)
         if result is not None:
             return result
     ch = ClickHouse(settings.dsn, settings.clickhouse_database)

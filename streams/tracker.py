@@ -80,18 +80,18 @@ class Tracker:
             if stored is not None
             else new_state(first.org_id, first.referral_id)
         )
-        changed = False
         accepted: list[Item] = []
         for event, tracked_event in items:
             offset = event.message.offset
             if state.apply(tracked_event, offset):
-                changed = True
                 self.metrics.events_processed.labels(tracked_event.type, tracked_event.source).inc()
             else:
                 self.metrics.events_duplicate.labels(tracked_event.type).inc()
             if state.accepted_position(tracked_event.event_id) == offset:
                 accepted.append((event, tracked_event))
-        if changed:
+        # New events, or accepted copies redelivered after a crash: write, so a changelog
+        # write lost in the crash is made good.
+        if accepted:
             with acting_for(items[-1][0]):
                 self.table[key] = state.to_dict()
         snapshot = status_snapshot(state, now, self.targets)

@@ -23,7 +23,8 @@ from sinks.clickhouse import ClickHouseError, is_read_only
 from streams.app import Pipeline
 
 log = logging.getLogger(__name__)
-MAX_QUERY_ROWS = 10_000
+DEFAULT_QUERY_ROWS = 10_000
+MAX_QUERY_ROWS = 1_000_000
 
 
 class WebService(Service):
@@ -179,9 +180,11 @@ class WebService(Service):
         try:
             body = await request.json()
             sql = str(body["sql"])
-        except (ValueError, KeyError, TypeError):
+            limit = min(int(body.get("max_rows", DEFAULT_QUERY_ROWS)), MAX_QUERY_ROWS)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return web.json_response(
-                {"error": "bad_request", "message": 'POST {"sql": "SELECT ..."}'}, status=400
+                {"error": "bad_request", "message": 'POST {"sql": "SELECT ...", "max_rows": N}'},
+                status=400,
             )
         if not is_read_only(sql):
             return web.json_response(
@@ -193,9 +196,9 @@ class WebService(Service):
             columns, rows = await asyncio.wait_for(ch.call(ch.query, sql, True), timeout=60)
         except ClickHouseError as exc:
             return web.json_response({"error": "query_failed", "message": str(exc)}, status=400)
-        truncated = len(rows) > MAX_QUERY_ROWS
+        truncated = len(rows) > limit
         return web.json_response(
-            {"columns": columns, "rows": rows[:MAX_QUERY_ROWS], "truncated": truncated},
+            {"columns": columns, "rows": rows[:limit], "truncated": truncated},
             dumps=_dumps,
         )
 

@@ -11,7 +11,7 @@ from faust.types import EventT, TableT, TopicT
 
 from schemas.events import TrackedEvent
 from schemas.snapshot import iso
-from schemas.windows import WindowCell, cell_key, watermark_key, window_start
+from schemas.windows import PartitionProgress, WindowCell, cell_key, progress_key, window_start
 from streams.metrics import Metrics
 from streams.table_writes import acting_for
 
@@ -54,11 +54,12 @@ class WindowCounter:
         self, partition: int, items: list[tuple[EventT, TrackedEvent]]
     ) -> None:
         index = self._index(partition)
-        wm_key = watermark_key(partition)
-        watermark = self.table.get(wm_key)
+        progress_at = progress_key(partition)
+        progress = PartitionProgress.from_dict(self.table.get(progress_at))
         touched: dict[str, WindowCell] = {}
         for event, tracked_event in items:
             offset = event.message.offset
+            progress.see(tracked_event.occurred_at)
             start = window_start(tracked_event.occurred_at)
             key = cell_key(partition, tracked_event.org_id, tracked_event.type, start)
             cell = touched.get(key)
@@ -66,25 +67,31 @@ class WindowCounter:
                 stored = self.table.get(key)
                 if stored is not None:
                     cell = WindowCell.from_dict(stored)
+                elif progress.counted_in_a_closed_window(offset):
+                    continue  # redelivered; its count lives in a window already closed
                 else:
                     cell = WindowCell(
                         tracked_event.org_id, tracked_event.type, start, partition, segment=offset
                     )
-                    if watermark is not None and cell.closes_by(self.grace_us) < watermark:
+                    wm = progress.watermark
+                    if wm is not None and cell.closes_by(self.grace_us) < wm:
                         self.metrics.windows_reopened.inc()  # later than the grace period
-                touched[key] = cell
+                touched[key] = cell  # re-published even when nothing new was counted
             cell.count_once(offset)
-            if watermark is None or tracked_event.occurred_at > watermark:
-                watermark = tracked_event.occurred_at
-        anchor = items[-1][0]
-        with acting_for(anchor):
+        watermark = progress.watermark
+        assert watermark is not None  # items is never empty
+        # Cells, then the progress record, then deletions: see schemas/windows.py.
+        with acting_for(items[-1][0]):
             for key, cell in touched.items():
                 self.table[key] = cell.to_dict()
                 index[key] = cell.closes_by(self.grace_us)
-            assert watermark is not None  # items is never empty
-            self.table[wm_key] = watermark
-            closed = [k for k, closes_at in index.items() if closes_at < watermark]
-            for key in closed:
+            closing = [k for k, closes_at in index.items() if closes_at < watermark]
+            for key in closing:
+                stored = self.table.get(key)
+                if stored is not None:
+                    progress.close(WindowCell.from_dict(stored))
+            self.table[progress_at] = progress.to_dict()
+            for key in closing:
                 del index[key]
                 if key in self.table:
                     del self.table[key]

@@ -14,6 +14,7 @@ import logging
 import faust
 
 from sinks.migrate import migrate
+from streams import local_state
 from streams.app import create_pipeline
 from streams.config import Settings
 from streams.logs import configure, logging_config
@@ -27,6 +28,7 @@ def run_worker(settings: Settings) -> int:
     configure(settings.log_level, settings.log_format)
     settings.pseudonym_key_bytes  # noqa: B018  (fail before touching Kafka or ClickHouse)
     asyncio.run(ensure_topics(settings, settings.kafka_connect_timeout))
+    local_state.prepare(settings.state_dir)
     pipeline = create_pipeline(settings)
     ch = pipeline.clickhouse
     applied = ch._executor.submit(migrate, ch).result()
@@ -49,8 +51,11 @@ def run_worker(settings: Settings) -> int:
         settings.web_bind,
         settings.web_port,
     )
+    code = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+        code = int(exc.code or 0)
+    if code == 0:
+        local_state.mark_clean(settings.state_dir)
+    return code

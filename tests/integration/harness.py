@@ -157,12 +157,13 @@ class Worker:
     def query(self, sql: str) -> list[dict[str, Any]]:
         request = urllib.request.Request(
             self.url + "/api/query",
-            data=json.dumps({"sql": sql}).encode(),
+            data=json.dumps({"sql": sql, "max_rows": 1_000_000}).encode(),
             method="POST",
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             body = json.loads(response.read())
+        assert not body["truncated"], f"query result truncated: {sql}"
         return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
 
     def logs(self) -> str:

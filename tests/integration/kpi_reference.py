@@ -206,6 +206,7 @@ class Reference:
         now_us = (now - EPOCH) // timedelta(microseconds=1)
         self.facts = {key: referral(evs, now_us) for key, evs in events.items()}
         self.distinct_events = sum(len(evs) for evs in events.values())
+        self.events = [e for evs in events.values() for e in evs]
 
     def _cohort(self) -> list[tuple[tuple[str, str], dict[str, Any]]]:
         return [(k, f) for k, f in self.facts.items() if f["milestones"]["created"] is not None]
@@ -242,4 +243,16 @@ class Reference:
                 "avg_hours": sum(hours) / len(hours),
             }
             for key, hours in groups.items()
+        }
+
+    def event_rates_1m(self) -> dict[tuple[str, str, str], dict[str, Any]]:
+        """Distinct events per (UTC minute of occurred_at, org_id, type)."""
+        counts: dict[tuple[str, str, str], int] = defaultdict(int)
+        for e in self.events:
+            at = EPOCH + timedelta(microseconds=e["at"])
+            minute = at.replace(second=0, microsecond=0).strftime("%Y-%m-%d %H:%M:%S")
+            counts[(minute, e["org_id"], e["type"])] += 1
+        return {
+            key: {"window_start": key[0], "org_id": key[1], "type": key[2], "events": n}
+            for key, n in counts.items()
         }

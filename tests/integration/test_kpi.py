@@ -49,9 +49,13 @@ def compare(
                 )
 
 
-def test_reference_scenario_kpis(deployment: Deployment, tmp_path: Path) -> None:
-    # Every event is at least 15 days old, so each flag (longest target 14 d) is already
-    # decided whatever the wall clock says when the worker makes the snapshot.
+def reference_scenario(tmp_path: Path) -> tuple[Path, list[bytes], Reference]:
+    """About 2,000 referrals of simulated traffic (seeded) and what the views should say.
+
+    Every event is at least 15 days old, so each flag (longest target 14 d) is already
+    decided whatever the wall clock says when the worker makes the snapshot; the events are
+    last year's and this year's, so the rate windows are far behind the wall clock.
+    """
     now = datetime.now(UTC)
     config = SimConfig(
         seed=5, referrals=2000, start=now - timedelta(days=75), span=timedelta(days=60)
@@ -60,31 +64,36 @@ def test_reference_scenario_kpis(deployment: Deployment, tmp_path: Path) -> None
     write_ndjson(generate(config, now=now - timedelta(days=15)), traffic)
     lines = [line for line in traffic.read_bytes().splitlines() if line.strip()]
     reference = Reference(lines, now)
-    known = len(reference.facts)  # a referral whose every message is invalid is unknown
-    assert known > 1950, known
+    assert len(reference.facts) > 1950, len(reference.facts)  # all-invalid referrals are unknown
+    return traffic, lines, reference
 
-    worker = Worker(deployment)
-    try:
-        worker.wait_ready()
-        sent = deployment.cli("produce", str(traffic))
-        assert sent.returncode == 0, sent.stderr
-        worker.wait_accounted(len(lines))
 
-        def flushed() -> tuple[int, int] | None:
-            row = worker.query("SELECT count() AS n, sum(version) AS v FROM referral_status")[0]
-            got = (row["n"], row["v"])
-            return got if got == (len(reference.facts), reference.distinct_events) else None
+def wait_until_stored(worker: Worker, reference: Reference, timeout: float = 90) -> None:
+    """Every referral at its final version and every distinct event in a rate window."""
 
-        wait_for(flushed, 60, interval=0.5, what="every snapshot in ClickHouse")
-        summary = worker.query("SELECT * FROM kpi_summary ORDER BY org_id")
-        daily = worker.query("SELECT * FROM kpi_daily ORDER BY org_id, specialty, day")
-        stages = worker.query("SELECT * FROM stage_stats ORDER BY org_id, specialty, stage")
-    finally:
-        assert worker.stop() == 0, worker.logs()
+    def stored() -> bool:
+        status = worker.query("SELECT count() AS n, sum(version) AS v FROM referral_status")[0]
+        rates = worker.query("SELECT sum(events) AS n FROM event_rates_1m")[0]
+        return (status["n"], status["v"], rates["n"]) == (
+            len(reference.facts),
+            reference.distinct_events,
+            reference.distinct_events,
+        )
 
+    wait_for(stored, timeout, interval=0.5, what="every snapshot and rate window in ClickHouse")
+
+
+def assert_views_match(worker: Worker, reference: Reference) -> None:
+    summary = worker.query("SELECT * FROM kpi_summary ORDER BY org_id")
     compare("kpi_summary", ("org_id",), summary, reference.kpi_summary())
+    daily = worker.query("SELECT * FROM kpi_daily ORDER BY org_id, specialty, day")
     compare("kpi_daily", ("org_id", "specialty", "day"), daily, reference.kpi_daily())
+    stages = worker.query("SELECT * FROM stage_stats ORDER BY org_id, specialty, stage")
     compare("stage_stats", ("org_id", "specialty", "stage"), stages, reference.stage_stats())
+    rates = worker.query(
+        "SELECT toString(window_start) AS window_start, org_id, type, events FROM event_rates_1m"
+    )
+    compare("event_rates_1m", ("window_start", "org_id", "type"), rates, reference.event_rates_1m())
     # The scenario exercises what it should: at-risk referrals, no-shows, NULL cells, stages.
     assert all(row["at_risk"] > 0 and row["no_shows"] > 0 for row in summary)
     assert any(row["median_hours_to_appointment"] is None for row in daily)
@@ -95,6 +104,20 @@ def test_reference_scenario_kpis(deployment: Deployment, tmp_path: Path) -> None
         "scheduled",
         "seen",
     }
+
+
+def test_reference_scenario_kpis(deployment: Deployment, tmp_path: Path) -> None:
+    traffic, lines, reference = reference_scenario(tmp_path)
+    worker = Worker(deployment)
+    try:
+        worker.wait_ready()
+        sent = deployment.cli("produce", str(traffic))
+        assert sent.returncode == 0, sent.stderr
+        worker.wait_accounted(len(lines))
+        wait_until_stored(worker, reference)
+        assert_views_match(worker, reference)
+    finally:
+        assert worker.stop() == 0, worker.logs()
 
 
 def _event(event_id: str, kind: str, at: datetime, source: str, **data: Any) -> bytes:

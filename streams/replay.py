@@ -1,0 +1,76 @@
+"""`reftrack replay`: rebuild ClickHouse from the topics.
+
+Kafka is the source of truth. The status and rates topics are compacted (the latest
+snapshot per referral, the latest count per window segment) and the tracked topic holds
+every accepted event. Replay empties the tables the sinks fill, then moves the sinks'
+consumer groups back to the start of their topics. The next worker start re-sinks
+everything. Every table is idempotent, so the views come back identical.
+
+Run it with the workers stopped: the embedded engine cannot be opened while a worker
+holds it, and a live sink group cannot be moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from sinks.clickhouse import ClickHouse
+from sinks.migrate import migrate
+from streams.config import Settings, Topics
+
+SINK_TABLES = ("referral_state", "stage_durations", "events", "event_rates")
+
+
+class ReplayError(Exception):
+    pass
+
+
+def sink_groups(settings: Settings) -> dict[str, str]:
+    """Consumer group -> topic, for every ClickHouse sink (see streams/app.py)."""
+    names = Topics(settings.topic_prefix)
+    return {
+        f"{settings.app_id}.sink.status": names.status,
+        f"{settings.app_id}.sink.events": names.tracked,
+        f"{settings.app_id}.sink.rates": names.rates,
+    }
+
+
+async def rewind_group(bootstrap: str, group: str, topic: str) -> int:
+    """Commit the earliest offsets of `topic` for `group`; return the partitions moved."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return 0
+        consumer.assign(tps)
+        earliest = await consumer.beginning_offsets(tps)
+        await consumer.commit(dict(earliest))
+        return len(tps)
+    finally:
+        await consumer.stop()
+
+
+def replay(settings: Settings) -> list[str]:
+    """Empty the sink tables and rewind the sink groups; return what was done."""
+    done = []
+    ch = ClickHouse(settings.dsn, settings.clickhouse_database)
+    try:
+        migrate(ch)
+        for table in SINK_TABLES:
+            ch.command(f"TRUNCATE TABLE IF EXISTS {settings.clickhouse_database}.{table}")
+            done.append(f"emptied {settings.clickhouse_database}.{table}")
+    finally:
+        ch.close_blocking()
+    for group, topic in sink_groups(settings).items():
+        moved = asyncio.run(rewind_group(settings.kafka_bootstrap, group, topic))
+        done.append(f"rewound {group} to the start of {topic} ({moved} partitions)")
+    return done
