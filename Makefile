@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit test-integration lint typecheck schema clean
+.PHONY: venv demo test test-unit test-integration lint typecheck schema clean bench
 
 venv: $(STAMP)
 
@@ -38,6 +38,11 @@ typecheck: venv
 ## Re-export the canonical event JSON Schema for upstream producers.
 schema: venv
 	$(BIN)/python -m schemas.export
+
+## Benchmark: KPI view latency on 1.5 M referrals / 10 M events in chDB (takes minutes;
+## rewrites docs/performance.md).
+bench: venv
+	$(BIN)/python -m bench.kpi_views
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

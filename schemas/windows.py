@@ -31,7 +31,9 @@ Every function here is pure: the tracker supplies the table and the offsets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 WINDOW_US = 60_000_000
@@ -121,3 +123,99 @@ class PartitionProgress:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> PartitionProgress:
         return cls(**d) if d else cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """One accepted event, as the window counter needs it."""
+
+    offset: int
+    occurred_at: int
+    org_id: str
+    type: str
+
+
+@dataclass
+class BatchResult:
+    """What one batch changes: write `cells`, then `progress`, then delete `closed`;
+    publish `emitted` (every segment the batch touched, in its final state)."""
+
+    cells: dict[str, WindowCell]
+    progress: PartitionProgress
+    closed: list[str]
+    emitted: list[WindowCell]
+    reopened: int
+
+
+@dataclass
+class PartitionWindows:
+    """The open windows of one tracked partition, and the counting rule."""
+
+    partition: int
+    grace_us: int
+    open: dict[str, int] = field(default_factory=dict)  # key -> watermark that closes it
+    _heap: list[tuple[int, str]] = field(default_factory=list)
+
+    def track(self, key: str, closes_at: int) -> None:
+        if self.open.get(key) != closes_at:
+            self.open[key] = closes_at
+            heapq.heappush(self._heap, (closes_at, key))
+
+    def _due(self, watermark: int) -> list[str]:
+        due = []
+        while self._heap and self._heap[0][0] < watermark:
+            closes_at, key = heapq.heappop(self._heap)
+            if self.open.get(key) == closes_at:  # else a stale heap entry
+                del self.open[key]
+                due.append(key)
+        return due
+
+    def count(
+        self,
+        items: list[Counted],
+        stored: Callable[[str], dict[str, Any] | None],
+        progress: PartitionProgress,
+    ) -> BatchResult:
+        """Count a batch of accepted events (ascending offsets) against the stored cells."""
+        live: dict[str, WindowCell] = {}
+        gone: set[str] = set()  # closed during this batch
+        emitted: dict[str, WindowCell] = {}
+        reopened = 0
+
+        def load(key: str) -> WindowCell | None:
+            if key in live:
+                return live[key]
+            if key in gone:
+                return None
+            value = stored(key)
+            return WindowCell.from_dict(value) if value is not None else None
+
+        for item in items:
+            start = window_start(item.occurred_at)
+            key = cell_key(self.partition, item.org_id, item.type, start)
+            cell = load(key)
+            if cell is None and not progress.counted_in_a_closed_window(item.offset):
+                cell = WindowCell(item.org_id, item.type, start, self.partition, item.offset)
+                wm = progress.watermark
+                reopened += wm is not None and cell.closes_by(self.grace_us) < wm
+            if cell is not None:  # None: redelivered, counted in a window already closed
+                cell.count_once(item.offset)
+                live[key] = cell
+                gone.discard(key)
+                emitted[cell.row_key] = cell
+                self.track(key, cell.closes_by(self.grace_us))
+            progress.see(item.occurred_at)
+            assert progress.watermark is not None
+            for due in self._due(progress.watermark):
+                closing = load(due)
+                if closing is not None:
+                    progress.close(closing)
+                live.pop(due, None)
+                gone.add(due)
+        return BatchResult(
+            cells=live,
+            progress=progress,
+            closed=sorted(gone),
+            emitted=list(emitted.values()),
+            reopened=reopened,
+        )
