@@ -36,7 +36,7 @@ _CLIENT_SETTINGS = {
 
 
 async def fetched_highwaters(
-    client: Any, listed: dict[TopicPartition, int], timeout_ms: int = 2000
+    client: Any, listed: dict[TopicPartition, int], timeout_ms: int = 30_000
 ) -> dict[TopicPartition, int]:
     """High watermarks from one fetch per partition, starting at its last batch."""
     nonempty = [tp for tp, end in listed.items() if end > 0]
@@ -50,7 +50,7 @@ async def fetched_highwaters(
     probe = AIOKafkaConsumer(
         bootstrap_servers=client._bootstrap_servers,
         enable_auto_commit=False,
-        max_partition_fetch_bytes=1024,
+        max_partition_fetch_bytes=1024 * 1024,  # the whole last batch, however large
         **options,
     )
     await probe.start()
@@ -64,6 +64,13 @@ async def fetched_highwaters(
                 break
             await probe.getmany(*pending, timeout_ms=250)
             pending = {tp for tp in pending if probe.highwater(tp) is None}
+        if pending:
+            log.warning(
+                "end-offset probe got no answer for %s within %.0fs; using the broker's "
+                "ListOffsets answer, which the embedded broker may understate",
+                sorted(f"{tp.topic}/{tp.partition}" for tp in pending),
+                timeout_ms / 1000,
+            )
         out = dict(listed)
         for tp in nonempty:
             fetched = probe.highwater(tp)
