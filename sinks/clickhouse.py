@@ -54,10 +54,6 @@ class ClickHouse:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = None
 
-    @property
-    def embedded(self) -> bool:
-        return self.dsn.startswith("chdb://")
-
     def describe(self) -> str:
         return scrub(self.dsn)
 
@@ -125,7 +121,3 @@ class ClickHouse:
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
-
-    async def close(self) -> None:
-        await self.call(self.close_blocking)
-        self._executor.shutdown(wait=True)

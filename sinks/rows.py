@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from schemas.events import TrackedEvent, from_micros
-
-_MICROSECOND = timedelta(microseconds=1)
+from schemas.events import TrackedEvent, from_micros, to_micros
 
 REFERRAL_STATE_COLUMNS: tuple[str, ...] = (
     "org_id",
@@ -72,7 +70,7 @@ def stage_rows(raw: bytes) -> list[Sequence[Any]]:
     for stage in snap.get("stages", ()):
         entered, left = _time(stage["entered_at"]), _time(stage["left_at"])
         assert entered is not None and left is not None
-        duration = max(0, (left - entered) // _MICROSECOND)
+        duration = max(0, to_micros(left) - to_micros(entered))
         rows.append(
             [
                 snap["org_id"],

@@ -81,7 +81,6 @@ class TopicSink(Service):
         self._lock = asyncio.Lock()
         self.last_flush: float | None = None
         self.last_error: str | None = None
-        self.assigned = False
 
     @property
     def pending(self) -> int:
@@ -117,7 +116,6 @@ class TopicSink(Service):
                 log.warning("sink %s: fetch failed: %s", self.sink_name, exc)
                 await self.sleep(1.0)
                 continue
-            self.assigned = bool(self._consumer.assignment())
             async with self._lock:
                 self._buffer(batches)
                 if self._due():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from importlib import resources
@@ -204,6 +205,4 @@ class WebService(Service):
 
 
 def _dumps(value: Any) -> str:
-    import json
-
     return json.dumps(value, default=str)
