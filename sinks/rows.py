@@ -42,7 +42,7 @@ def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def referral_state_rows(raw: bytes) -> list[Sequence[Any]]:
+def referral_state_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
     """A status snapshot (schemas.snapshot) as its `referral_state` row."""
     snap = json.loads(raw)
     return [
@@ -63,7 +63,7 @@ STAGE_COLUMNS: tuple[str, ...] = (
 )
 
 
-def stage_rows(raw: bytes) -> list[Sequence[Any]]:
+def stage_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
     """A status snapshot's finished stages as `stage_durations` rows."""
     snap = json.loads(raw)
     rows: list[Sequence[Any]] = []
@@ -96,11 +96,15 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "occurred_at",
     "patient_ref",
     "data",
+    "version",
 )
+LAST_OFFSET = 2**64 - 1
 
 
-def event_rows(raw: bytes) -> list[Sequence[Any]]:
-    """A tracked (validated, pseudonymized) event as an `events` row."""
+def event_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
+    """A tracked (validated, pseudonymized) event as an `events` row. Its version falls as
+    the offset rises, so of several copies of one event the table keeps the first one read
+    (the copy the referral state accepted), whatever order the rows were inserted in."""
     event = TrackedEvent.from_json(raw)
     return [
         [
@@ -112,6 +116,7 @@ def event_rows(raw: bytes) -> list[Sequence[Any]]:
             from_micros(event.occurred_at),
             event.patient_ref,
             json.dumps(event.data, separators=(",", ":"), sort_keys=True),
+            LAST_OFFSET - offset,
         ]
     ]
 
@@ -127,7 +132,7 @@ RATE_COLUMNS: tuple[str, ...] = (
 )
 
 
-def rate_rows(raw: bytes) -> list[Sequence[Any]]:
+def rate_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
     """A window cell (streams.windows) as an `event_rates` row."""
     cell = json.loads(raw)
     return [

@@ -33,11 +33,12 @@ Rows = list[Sequence[Any]]
 
 @dataclass(frozen=True)
 class SinkTarget:
-    """One table fed by the topic: each message becomes zero or more of its rows."""
+    """One table fed by the topic: each message (its value, and its offset in its
+    partition) becomes zero or more of its rows."""
 
     table: str
     columns: Sequence[str]
-    to_rows: Callable[[bytes], Rows]
+    to_rows: Callable[[bytes, int], Rows]
 
 
 class TopicSink(Service):
@@ -126,7 +127,9 @@ class TopicSink(Service):
             for message in messages:
                 if message.value is not None:  # compaction tombstones carry no row
                     for target in self.targets:
-                        self._rows[target.table].extend(target.to_rows(message.value))
+                        self._rows[target.table].extend(
+                            target.to_rows(message.value, message.offset)
+                        )
                 self._offsets[tp] = message.offset + 1
             if messages:
                 self._read[tp] = messages[-1].offset + 1

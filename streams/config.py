@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     )
     sink_batch_rows: int = Field(5000, ge=1, description="flush the sink at this many rows")
     sink_flush_seconds: float = Field(1.0, gt=0, description="... or after this long")
+    kpi_refresh_seconds: int = Field(
+        30, ge=1, description="how often kpi_summary, kpi_daily and stage_stats are recomputed"
+    )
     kafka_end_offsets_probe: bool = Field(
         True, description="confirm ListOffsets with a fetch (needed for the embedded broker)"
     )

@@ -17,6 +17,7 @@ import asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sinks.clickhouse import ClickHouse
+from sinks.kpi_refresh import KPI_VIEWS, refresh_now
 from sinks.migrate import migrate
 from streams.config import Settings, Topics
 
@@ -68,6 +69,8 @@ def replay(settings: Settings) -> list[str]:
         for table in SINK_TABLES:
             ch.command(f"TRUNCATE TABLE IF EXISTS {settings.clickhouse_database}.{table}")
             done.append(f"emptied {settings.clickhouse_database}.{table}")
+        refresh_now(ch)  # the KPI views now say "empty", not the numbers from before
+        done.append("recomputed " + ", ".join(KPI_VIEWS))
     finally:
         ch.close_blocking()
     for group, topic in sink_groups(settings).items():

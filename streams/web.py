@@ -21,6 +21,7 @@ from aiohttp import web
 from mode import Service
 
 from sinks.clickhouse import ClickHouseError, is_read_only
+from sinks.kpi_refresh import refresh_status
 from streams.app import Pipeline
 
 log = logging.getLogger(__name__)
@@ -174,8 +175,17 @@ class WebService(Service):
                 for sink in p.sinks
             ],
             "topics": vars(p.topics),
+            "kpi_views": await self.kpi_refresh_status(),
         }
         return web.json_response(body)
+
+    async def kpi_refresh_status(self) -> dict[str, Any]:
+        """When each precomputed KPI view was last recomputed (or why it could not be)."""
+        ch = self.pipeline.clickhouse
+        try:
+            return await asyncio.wait_for(ch.call(refresh_status, ch), timeout=5)
+        except (ClickHouseError, TimeoutError) as exc:
+            return {"error": str(exc) or type(exc).__name__}
 
     async def query(self, request: web.Request) -> web.Response:
         try:

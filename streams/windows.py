@@ -4,6 +4,7 @@ which the sink fills `event_rates` (summed per minute by the `event_rates_1m` vi
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ from faust.types import EventT, TableT, TopicT
 from schemas.events import TrackedEvent
 from schemas.snapshot import iso
 from schemas.windows import (
+    BatchResult,
     Counted,
     PartitionProgress,
     PartitionWindows,
@@ -33,12 +35,32 @@ class WindowCounter:
     _partitions: dict[int, PartitionWindows] = field(default_factory=dict)
 
     async def count(self, accepted: list[tuple[EventT, TrackedEvent]]) -> None:
+        """Count a batch: compute every partition's result, publish the touched segments
+        and wait for the broker to acknowledge them, and only then change the table.
+
+        Faust writes table changelogs through a buffer of its own, so a changelog record
+        can reach the broker before a rates record sent earlier. If the deletion of a
+        closed cell landed and its final row did not (a SIGKILL between the two), the
+        redelivered events would find the cell closed and the row would never be sent
+        again. Acknowledged rows first, table second: a crash leaves either both or a
+        table that still recounts (and re-sends the same rows, which are idempotent)."""
         by_partition: dict[int, list[tuple[EventT, TrackedEvent]]] = {}
         for item in accepted:
             by_partition.setdefault(item[0].message.partition, []).append(item)
+        results = []
         for partition, items in by_partition.items():
             items.sort(key=lambda item: item[0].message.offset)
-            await self._count_partition(partition, items)
+            results.append((partition, items, self._count_partition(partition, items)))
+        pending = [
+            await self.rates.send(key=cell.row_key.encode(), value=_row(cell))
+            for _, _, result in results
+            for cell in result.emitted
+        ]
+        if pending:
+            await asyncio.gather(*pending)
+        for partition, items, result in results:
+            self._write(partition, items[-1][0], result)
+        self.metrics.windows_open.set(sum(len(w.open) for w in self._partitions.values()))
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the open-window index of partitions this worker no longer owns."""
@@ -56,31 +78,28 @@ class WindowCounter:
             self._partitions[partition] = windows
         return windows
 
-    async def _count_partition(
+    def _count_partition(
         self, partition: int, items: list[tuple[EventT, TrackedEvent]]
-    ) -> None:
-        windows = self._windows(partition)
-        progress_at = progress_key(partition)
-        result = windows.count(
+    ) -> BatchResult:
+        return self._windows(partition).count(
             [
                 Counted(event.message.offset, tracked.occurred_at, tracked.org_id, tracked.type)
                 for event, tracked in items
             ],
             self.table.get,
-            PartitionProgress.from_dict(self.table.get(progress_at)),
+            PartitionProgress.from_dict(self.table.get(progress_key(partition))),
         )
-        # Cells, then the progress record, then deletions: see schemas/windows.py.
-        with acting_for(items[-1][0]):
+
+    def _write(self, partition: int, last: EventT, result: BatchResult) -> None:
+        """Cells, then the progress record, then deletions: see schemas/windows.py."""
+        with acting_for(last):
             for key, cell in result.cells.items():
                 self.table[key] = cell.to_dict()
-            self.table[progress_at] = result.progress.to_dict()
+            self.table[progress_key(partition)] = result.progress.to_dict()
             for key in result.closed:
                 if key in self.table:
                     del self.table[key]
-        for cell in result.emitted:
-            await self.rates.send(key=cell.row_key.encode(), value=_row(cell))
         self.metrics.windows_reopened.inc(result.reopened)
-        self.metrics.windows_open.set(sum(len(w.open) for w in self._partitions.values()))
 
 
 def _row(cell: WindowCell) -> bytes:

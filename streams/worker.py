@@ -13,6 +13,7 @@ import logging
 
 import faust
 
+from sinks.kpi_refresh import set_refresh_interval
 from sinks.migrate import migrate
 from streams import local_state
 from streams.app import create_pipeline
@@ -32,6 +33,7 @@ def run_worker(settings: Settings) -> int:
     pipeline = create_pipeline(settings)
     ch = pipeline.clickhouse
     applied = ch._executor.submit(migrate, ch).result()
+    ch._executor.submit(set_refresh_interval, ch, settings.kpi_refresh_seconds).result()
     log.info("clickhouse %s ready (%d migrations applied)", ch.describe(), len(applied))
     web = WebService(pipeline)
     worker = faust.Worker(

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from sinks.kpi_refresh import KPI_VIEWS
 from streams.broker import free_port
 from streams.kafka_compat import install_end_offsets_probe
 
@@ -74,6 +75,7 @@ class Deployment:
                 "REFTRACK_PARTITIONS": str(self.partitions),
                 "REFTRACK_SESSION_TIMEOUT": "6",
                 "REFTRACK_SINK_FLUSH_SECONDS": "0.5",
+                "REFTRACK_KPI_REFRESH_SECONDS": "1",
                 "REFTRACK_LOG_FORMAT": "json",
             }
         )
@@ -165,6 +167,22 @@ class Worker:
             body = json.loads(response.read())
         assert not body["truncated"], f"query result truncated: {sql}"
         return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
+
+    def wait_kpi_refreshed(self, timeout: float = 60) -> None:
+        """Wait for a refresh of every precomputed KPI view that started after now, so the
+        views hold what the tables hold at this moment (the harness refreshes every 1 s)."""
+        since = self.query("SELECT toString(now()) AS t")[0]["t"]
+        views = ", ".join(f"'{view}'" for view in KPI_VIEWS)
+        sql = (
+            "SELECT count() AS n FROM system.view_refreshes WHERE database = currentDatabase() "
+            f"AND view IN ({views}) AND last_success_time > toDateTime('{since}')"
+        )
+        wait_for(
+            lambda: self.query(sql)[0]["n"] == len(KPI_VIEWS),
+            timeout,
+            interval=0.5,
+            what="a refresh of the KPI views",
+        )
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]

@@ -89,12 +89,23 @@ def wait_until_stored(
 
 
 def assert_views_match(worker: Worker, reference: Reference, rates: bool = True) -> None:
-    summary = worker.query("SELECT * FROM kpi_summary ORDER BY org_id")
-    compare("kpi_summary", ("org_id",), summary, reference.kpi_summary())
-    daily = worker.query("SELECT * FROM kpi_daily ORDER BY org_id, specialty, day")
-    compare("kpi_daily", ("org_id", "specialty", "day"), daily, reference.kpi_daily())
-    stages = worker.query("SELECT * FROM stage_stats ORDER BY org_id, specialty, stage")
-    compare("stage_stats", ("org_id", "specialty", "stage"), stages, reference.stage_stats())
+    """Every KPI view, both the exact `_live` one and the precomputed one of the contract
+    (after a refresh that started once everything was stored), against the reference."""
+    worker.wait_kpi_refreshed()
+    for suffix in ("_live", ""):
+        summary = worker.query(f"SELECT * FROM kpi_summary{suffix} ORDER BY org_id")
+        compare(f"kpi_summary{suffix}", ("org_id",), summary, reference.kpi_summary())
+        daily = worker.query(f"SELECT * FROM kpi_daily{suffix} ORDER BY org_id, specialty, day")
+        compare(f"kpi_daily{suffix}", ("org_id", "specialty", "day"), daily, reference.kpi_daily())
+        stages = worker.query(
+            f"SELECT * FROM stage_stats{suffix} ORDER BY org_id, specialty, stage"
+        )
+        compare(
+            f"stage_stats{suffix}",
+            ("org_id", "specialty", "stage"),
+            stages,
+            reference.stage_stats(),
+        )
     if rates:
         rows = worker.query(
             "SELECT toString(window_start) AS window_start, org_id, type, events "
@@ -125,6 +136,9 @@ def test_reference_scenario_kpis(deployment: Deployment, tmp_path: Path) -> None
         worker.wait_accounted(len(lines))
         wait_until_stored(worker, reference)
         assert_views_match(worker, reference)
+        refreshes = worker.pipeline()["kpi_views"]
+        assert set(refreshes) == {"kpi_summary", "kpi_daily", "stage_stats"}, refreshes
+        assert all(r["last_success"] and not r["error"] for r in refreshes.values()), refreshes
     finally:
         assert worker.stop() == 0, worker.logs()
 
@@ -177,6 +191,7 @@ def test_late_routed_splits_the_stage(deployment: Deployment) -> None:
         wait_for(lambda: stages() == want, 60, what="created 10 h + routed 38 h")
         version = "SELECT version FROM referral_status WHERE referral_id = 'R-LATE-1'"
         wait_for(lambda: worker.query(version) == [{"version": 3}], 30, what="version 3")
+        worker.wait_kpi_refreshed()
 
         stats = worker.query(
             "SELECT stage, referrals, median_hours, p90_hours, avg_hours FROM stage_stats "

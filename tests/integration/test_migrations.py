@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from schemas.events import TrackedEvent, to_micros
 from sinks.clickhouse import ClickHouse
+from sinks.kpi_refresh import KPI_VIEWS, refresh_now, refresh_status, set_refresh_interval
 from sinks.migrate import applied_versions, available, migrate
-from sinks.rows import REFERRAL_STATE_COLUMNS
+from sinks.rows import EVENT_COLUMNS, REFERRAL_STATE_COLUMNS, event_rows
 
 pytestmark = pytest.mark.integration
 
@@ -81,3 +83,82 @@ def test_upgrade_from_the_first_schema_keeps_data(clickhouse: ClickHouse) -> Non
         "open": 1,
         "at_risk": 1,
     }
+
+    # The contract names are precomputed (migration 0005): stored rows, refreshed on a
+    # schedule, equal to the exact `_live` views after a refresh.
+    _, kinds = clickhouse.query(
+        "SELECT name, engine FROM system.tables WHERE database = currentDatabase() "
+        "AND name IN ('kpi_summary', 'kpi_daily', 'stage_stats') ORDER BY name"
+    )
+    assert kinds == [(v, "MaterializedView") for v in ("kpi_daily", "kpi_summary", "stage_stats")]
+    clickhouse.insert("referral_state", [old_row("R-2", 1)], REFERRAL_STATE_COLUMNS)
+    _, stale = clickhouse.query("SELECT referrals FROM kpi_summary")
+    _, live = clickhouse.query("SELECT referrals FROM kpi_summary_live")
+    assert (stale, live) == ([(1,)], [(2,)])  # not refreshed yet (30 s interval)
+    refresh_now(clickhouse)
+    _, fresh = clickhouse.query("SELECT referrals FROM kpi_summary")
+    assert fresh == [(2,)]
+    for view in KPI_VIEWS:
+        _, stored = clickhouse.query(f"SELECT * FROM {view} ORDER BY ALL")
+        _, exact = clickhouse.query(f"SELECT * FROM {view}_live ORDER BY ALL")
+        assert stored == exact, view
+
+    set_refresh_interval(clickhouse, 7)
+    _, create = clickhouse.query("SHOW CREATE TABLE kpi_daily")
+    assert "REFRESH EVERY 7 SECOND" in create[0][0]
+    with pytest.raises(ValueError):
+        set_refresh_interval(clickhouse, 0)
+    status = refresh_status(clickhouse)
+    assert set(status) == set(KPI_VIEWS)
+    assert all(s["last_success"] and s["error"] == "" for s in status.values()), status
+
+
+def test_events_move_to_monthly_partitions_keeping_rows(clickhouse: ClickHouse) -> None:
+    """Migration 0006 rebuilds `events` partitioned by month; old rows survive, and a copy
+    read again later (a replay) replaces its old row instead of adding one."""
+    ch = ClickHouse(clickhouse.dsn, "reftrack_events_migration_test")  # same engine
+    try:
+        migrate(ch, target=5)
+        columns = [c for c in EVENT_COLUMNS if c != "version"]
+        march = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+        april = datetime(2025, 4, 30, 23, 59, tzinfo=UTC)
+        ch.insert(
+            "events",
+            [
+                ["acme", "R-1", "e-1", "referral.created", "ehr", march, "p_1", "{}"],
+                ["acme", "R-1", "e-2", "referral.routed", "ehr", april, None, "{}"],
+            ],
+            columns,
+        )
+        assert [m.version for m in migrate(ch)] == [6]
+        _, rows = ch.query(
+            "SELECT event_id, occurred_at, patient_ref, version, _partition_id "
+            "FROM events FINAL ORDER BY event_id"
+        )
+        assert [(r[0], r[2], r[3], r[4]) for r in rows] == [
+            ("e-1", "p_1", 0, "202503"),
+            ("e-2", None, 0, "202504"),
+        ]
+        assert rows[0][1].replace(tzinfo=UTC) == march  # to the microsecond
+
+        # Two copies of e-1 read again at offsets 7 and 3: the first read (3) wins.
+        def copy(n: int) -> bytes:
+            return TrackedEvent(
+                event_id="e-1",
+                org_id="acme",
+                referral_id="R-1",
+                type="referral.created",
+                occurred_at=to_micros(march),
+                source="ehr",
+                patient_ref="p_1",
+                data={"n": n},
+            ).to_json()
+
+        later, first = event_rows(copy(2), 7), event_rows(copy(1), 3)
+        ch.insert("events", later + first, EVENT_COLUMNS)
+        _, kept = ch.query("SELECT data FROM events FINAL WHERE event_id = 'e-1'")
+        assert kept == [('{"n":1}',)]
+        _, total = ch.query("SELECT count() FROM events FINAL")
+        assert total == [(2,)]
+    finally:
+        ch.close_blocking()
