@@ -43,6 +43,7 @@ schema: venv
 ## rewrites docs/performance.md).
 bench: venv
 	$(BIN)/python -m bench.kpi_views
+	$(BIN)/python -m bench.alert_tick
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,7 @@ tests, the event-time watermark in replay) and the SLA targets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from schemas.events import EventType
 from schemas.referral import ReferralState
@@ -24,9 +25,16 @@ FLAG_RULES: tuple[str, ...] = (
 )
 
 
+class WorkingTime(Protocol):
+    """A business-hours calendar (schemas.calendar): where a span of working time ends."""
+
+    def add(self, start: int, duration: int) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SlaTargets:
-    """SLA targets in µs; SPEC §5 defaults. Per-org overrides come from configuration."""
+    """SLA targets in µs; SPEC §5 defaults. Per-org and per-specialty values, and an
+    optional business-hours calendar, come from the SLA file (schemas.sla)."""
 
     routing: dict[str, int] = field(
         default_factory=lambda: {"stat": 2 * HOUR, "urgent": 24 * HOUR, "routine": 72 * HOUR}
@@ -38,17 +46,37 @@ class SlaTargets:
     unresponsive_after: int = 7 * DAY
     no_show_grace: int = 3 * DAY
     loop_close: int = 14 * DAY
+    # Targets count working time only when set; None: every hour counts.
+    calendar: WorkingTime | None = None
+
+    def deadline(self, start: int, duration: int) -> int:
+        """The instant `duration` of (working) time after `start`."""
+        return start + duration if self.calendar is None else self.calendar.add(start, duration)
 
 
 DEFAULT_TARGETS = SlaTargets()
 
+# Rules that turn on when a clock passes a deadline; the others turn on with an event.
+TIMED_RULES = frozenset(
+    {
+        "routing_overdue",
+        "scheduling_overdue",
+        "patient_unresponsive",
+        "no_show_not_rescheduled",
+        "loop_not_closed",
+    }
+)
 
-def evaluate_flags(
-    state: ReferralState, now: int, targets: SlaTargets = DEFAULT_TARGETS
-) -> list[str]:
-    """The flags that hold for this referral at `now` (µs), in FLAG_RULES order."""
+
+def flag_onsets(state: ReferralState, targets: SlaTargets = DEFAULT_TARGETS) -> dict[str, int]:
+    """Every rule that holds now or will hold once the clock passes a deadline, with the
+    instant it started (or starts) to hold, in event time (µs).
+
+    A timed rule holds while now > its deadline. A rule an event decides (three outreach
+    attempts, out of network) holds from that event on; its onset is that event's time
+    (for attempts, the newest event's). Only open referrals carry flags."""
     if not state.is_open:
-        return []
+        return {}
     created = state.milestone_at("created")
     assert created is not None  # open implies created
     priority = state.priority or "routine"
@@ -57,34 +85,64 @@ def evaluate_flags(
     scheduled = state.milestone_at("scheduled")
     seen = state.milestone_at("seen")
     closed = state.milestone_at("closed")
-    out: list[str] = []
-    if routed is None and now > created + targets.routing.get(priority, targets.routing["routine"]):
-        out.append("routing_overdue")
-    if scheduled is None and now > created + targets.scheduling.get(
-        priority, targets.scheduling["routine"]
-    ):
-        out.append("scheduling_overdue")
+    onsets: dict[str, int] = {}
+    if routed is None:
+        target = targets.routing.get(priority, targets.routing["routine"])
+        onsets["routing_overdue"] = targets.deadline(created, target)
+    if scheduled is None:
+        target = targets.scheduling.get(priority, targets.scheduling["routine"])
+        onsets["scheduling_overdue"] = targets.deadline(created, target)
     first_outreach = state.first_outreach_at
-    if (
-        first_outreach is not None
-        and contacted is None
-        and scheduled is None
-        and (
-            state.outreach_attempts >= targets.unresponsive_attempts
-            or now > first_outreach + targets.unresponsive_after
-        )
-    ):
-        out.append("patient_unresponsive")
+    if first_outreach is not None and contacted is None and scheduled is None:
+        after = targets.deadline(first_outreach, targets.unresponsive_after)
+        if state.outreach_attempts >= targets.unresponsive_attempts:
+            assert state.last_event_at is not None
+            after = min(after, state.last_event_at)
+        onsets["patient_unresponsive"] = after
     last_appt = state.last_appointment_event
     if (
         seen is None
         and last_appt is not None
         and last_appt[2] in (EventType.APPOINTMENT_NO_SHOW, EventType.APPOINTMENT_CANCELLED)
-        and now > last_appt[0] + targets.no_show_grace
     ):
-        out.append("no_show_not_rescheduled")
-    if seen is not None and closed is None and now > seen + targets.loop_close:
-        out.append("loop_not_closed")
+        onsets["no_show_not_rescheduled"] = targets.deadline(last_appt[0], targets.no_show_grace)
+    if seen is not None and closed is None:
+        onsets["loop_not_closed"] = targets.deadline(seen, targets.loop_close)
     if state.in_network is False:
-        out.append("out_of_network")
-    return out
+        assert state.network is not None
+        onsets["out_of_network"] = state.network[0]
+    return onsets
+
+
+def _holds(rule: str, onset: int, now: int, state: ReferralState, targets: SlaTargets) -> bool:
+    if rule == "out_of_network":
+        return True
+    if rule == "patient_unresponsive" and state.outreach_attempts >= targets.unresponsive_attempts:
+        return True
+    return now > onset
+
+
+def evaluate_flags(
+    state: ReferralState, now: int, targets: SlaTargets = DEFAULT_TARGETS
+) -> list[str]:
+    """The flags that hold for this referral at `now` (µs), in FLAG_RULES order."""
+    onsets = flag_onsets(state, targets)
+    return [
+        rule
+        for rule in FLAG_RULES
+        if rule in onsets and _holds(rule, onsets[rule], now, state, targets)
+    ]
+
+
+def next_deadline(
+    state: ReferralState, now: int, targets: SlaTargets = DEFAULT_TARGETS
+) -> int | None:
+    """The earliest deadline not yet passed at `now` (a flag turns on just after it), or
+    None when no time alone can turn another flag on: what the deadline index keeps."""
+    onsets = flag_onsets(state, targets)
+    pending = [
+        onset
+        for rule, onset in onsets.items()
+        if rule in TIMED_RULES and not _holds(rule, onset, now, state, targets)
+    ]
+    return min(pending) if pending else None

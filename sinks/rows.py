@@ -121,6 +121,40 @@ def event_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
     ]
 
 
+ALERT_COLUMNS: tuple[str, ...] = (
+    "alert_id",
+    "org_id",
+    "referral_id",
+    "rule",
+    "severity",
+    "state",
+    "raised_at",
+    "resolved_at",
+    "details",
+    "version",
+)
+_ALERT_VERSION = {"firing": 1, "resolved": 2}  # a resolution replaces its firing row
+
+
+def alert_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
+    """An alert lifecycle message (schemas.alerts) as an `alerts` row."""
+    alert = json.loads(raw)
+    return [
+        [
+            alert["alert_id"],
+            alert["org_id"],
+            alert["referral_id"],
+            alert["rule"],
+            alert["severity"],
+            alert["state"],
+            _time(alert["raised_at"]),
+            _time(alert["resolved_at"]),
+            json.dumps(alert["details"], separators=(",", ":"), sort_keys=True),
+            _ALERT_VERSION[alert["state"]],
+        ]
+    ]
+
+
 RATE_COLUMNS: tuple[str, ...] = (
     "org_id",
     "type",

@@ -8,18 +8,22 @@ from typing import Any
 
 import faust
 
+from schemas.sla import load_policy
 from sinks.clickhouse import ClickHouse
 from sinks.rows import (
+    ALERT_COLUMNS,
     EVENT_COLUMNS,
     RATE_COLUMNS,
     REFERRAL_STATE_COLUMNS,
     STAGE_COLUMNS,
+    alert_rows,
     event_rows,
     rate_rows,
     referral_state_rows,
     stage_rows,
 )
 from sinks.topic_sink import SinkTarget, TopicSink
+from streams.clock import Clock
 from streams.config import Settings, Topics
 from streams.ingest import register_ingest
 from streams.kafka_compat import install_end_offsets_probe
@@ -77,6 +81,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
     status = raw_topic(names.status, compacting=True)
     dlq = raw_topic(names.dlq)
     rates = raw_topic(names.rates, compacting=True)
+    alerts = raw_topic(names.alerts)
 
     def json_table(name: str) -> Any:
         return app.Table(
@@ -94,15 +99,34 @@ def create_pipeline(settings: Settings) -> Pipeline:
         grace_us=int(settings.window_grace_seconds * 1_000_000),
     )
     tracker = Tracker(
-        table=table, status=status, dlq=dlq, windows=windows, metrics=metrics, pseudonym_key=key
+        table=table,
+        status=status,
+        dlq=dlq,
+        alerts=alerts,
+        windows=windows,
+        metrics=metrics,
+        pseudonym_key=key,
+        tracked_topic=names.tracked,
+        partitions=settings.partitions,
+        policy=load_policy(settings.sla_file),
+        clock=Clock.parse(settings.clock),
     )
 
     register_ingest(app, events, tracked, dlq, metrics, key)
-    register_tracker(app, tracked, tracker, settings.tracker_batch, settings.tracker_batch_seconds)
+    register_tracker(
+        app,
+        tracked,
+        tracker,
+        settings.tracker_batch,
+        settings.tracker_batch_seconds,
+        settings.alert_tick_seconds,
+    )
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def _forget_windows(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        windows.forget({tp.partition for tp in revoked if tp.topic == names.tracked})
+    async def _forget_partitions(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        numbers = {tp.partition for tp in revoked if tp.topic == names.tracked}
+        windows.forget(numbers)
+        tracker.forget(numbers)
 
     clickhouse = ClickHouse(settings.dsn, settings.clickhouse_database)
 
@@ -129,5 +153,6 @@ def create_pipeline(settings: Settings) -> Pipeline:
         ),
         sink("events", names.tracked, SinkTarget("events", EVENT_COLUMNS, event_rows)),
         sink("rates", names.rates, SinkTarget("event_rates", RATE_COLUMNS, rate_rows)),
+        sink("alerts", names.alerts, SinkTarget("alerts", ALERT_COLUMNS, alert_rows)),
     ]
     return Pipeline(settings, app, names, table, metrics, clickhouse, sinks)

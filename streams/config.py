@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.sla import SlaConfigError, load_policy
+from streams.clock import Clock
+
 MIN_PSEUDONYM_KEY_BYTES = 16
 
 
@@ -56,6 +59,17 @@ class Settings(BaseSettings):
     )
     sink_batch_rows: int = Field(5000, ge=1, description="flush the sink at this many rows")
     sink_flush_seconds: float = Field(1.0, gt=0, description="... or after this long")
+    sla_file: Path | None = Field(
+        None, description="SLA targets and calendars (YAML, docs/sla.md); unset: SPEC defaults"
+    )
+    clock: str = Field(
+        "wall",
+        pattern=r"^(wall|event|file:.+)$",
+        description="now for flags and alerts: wall, event (watermark, for replays) or file:PATH",
+    )
+    alert_tick_seconds: float = Field(
+        1.0, gt=0, description="how often due referrals are judged (wall and file clocks)"
+    )
     kpi_refresh_seconds: int = Field(
         30, ge=1, description="how often kpi_summary, kpi_daily and stage_stats are recomputed"
     )
@@ -141,13 +155,22 @@ def is_loopback(host: str) -> bool:
 def load_settings(**overrides: object) -> Settings:
     """Read and validate; raise ConfigError naming each bad variable."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False, include_input=False):
             name = "REFTRACK_" + str(err["loc"][0]).upper() if err["loc"] else "configuration"
             lines.append(f"  {name}: {err['msg']}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+    try:  # the SLA file is configuration too: a mistake stops every command up front
+        load_policy(settings.sla_file)
+    except SlaConfigError as exc:
+        raise ConfigError(f"invalid configuration:\n  REFTRACK_SLA_FILE: {exc}") from None
+    try:  # an injected clock must be readable from the start
+        Clock.parse(settings.clock).now()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"invalid configuration:\n  REFTRACK_CLOCK: {exc}") from None
+    return settings
 
 
 class Topics:

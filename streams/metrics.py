@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from schemas.errors import ErrorCode
+
 _LAG_BUCKETS = (0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
 
 
@@ -29,6 +31,8 @@ class Metrics:
         self.dlq = Counter(
             "reftrack_dlq_messages", "Messages sent to the DLQ", ["error_code"], registry=r
         )
+        for code in ErrorCode:  # every series from 0, so rate() sees a first burst too
+            self.dlq.labels(code.value)
         self.status_out = Counter(
             "reftrack_status_snapshots_out", "Status snapshots published", registry=r
         )
@@ -70,6 +74,47 @@ class Metrics:
         )
         self.sink_last_flush = Gauge(
             "reftrack_sink_last_flush_timestamp_seconds", "Unix time of the last flush", registry=r
+        )
+
+        self.last_event_processed = Gauge(
+            "reftrack_last_event_processed_timestamp_seconds",
+            "Unix time at which the last new event was applied to referral state",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "reftrack_consumer_lag_messages",
+            "Messages not yet read, summed over this worker's partitions of a topic",
+            ["topic"],
+            registry=r,
+        )
+        self.referrals_open = Gauge(
+            "reftrack_referrals_open",
+            "Open referrals in this worker's partitions, by status",
+            ["status"],
+            registry=r,
+        )
+        self.alerts_firing = Gauge(
+            "reftrack_alerts_firing",
+            "SLA alerts firing in this worker's partitions",
+            ["org_id", "rule"],
+            registry=r,
+        )
+        self.alerts_raised = Counter(
+            "reftrack_alerts_raised", "SLA alerts raised", ["org_id", "rule"], registry=r
+        )
+        self.alerts_resolved = Counter(
+            "reftrack_alerts_resolved", "SLA alerts resolved", ["org_id", "rule"], registry=r
+        )
+        self.deadlines_pending = Gauge(
+            "reftrack_deadlines_pending",
+            "Referrals in the deadline index (a flag can still turn on by time alone)",
+            registry=r,
+        )
+        self.alert_tick_seconds = Histogram(
+            "reftrack_alert_tick_seconds",
+            "Time to judge the referrals due at one clock tick",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            registry=r,
         )
 
     def render(self) -> bytes:

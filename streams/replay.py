@@ -21,7 +21,7 @@ from sinks.kpi_refresh import KPI_VIEWS, refresh_now
 from sinks.migrate import migrate
 from streams.config import Settings, Topics
 
-SINK_TABLES = ("referral_state", "stage_durations", "events", "event_rates")
+SINK_TABLES = ("referral_state", "stage_durations", "events", "event_rates", "alerts")
 
 
 class ReplayError(Exception):
@@ -35,6 +35,7 @@ def sink_groups(settings: Settings) -> dict[str, str]:
         f"{settings.app_id}.sink.status": names.status,
         f"{settings.app_id}.sink.events": names.tracked,
         f"{settings.app_id}.sink.rates": names.rates,
+        f"{settings.app_id}.sink.alerts": names.alerts,
     }
 
 

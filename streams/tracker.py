@@ -1,30 +1,48 @@
-"""Tracker: one state record per referral, kept in a Faust table keyed `org_id/referral_id`.
+"""Tracker: one record per referral, kept in a Faust table keyed `org_id/referral_id`, and
+the SLA alerts raised from it.
 
-Events arrive in batches (`take_events`). Each batch is grouped by referral and folded
-into the referral's state, with one table write per referral (each write costs a
-changelog message). One status snapshot per touched referral goes to the compacted
-status topic. The accepted events then go to the window counter. A snapshot is
-published even when every event in the batch was a duplicate: after a crash between the
-table write and the snapshot, the redelivered events repair the status topic instead of
-being silently dropped.
+Events arrive in batches (`take_events`) and are applied one by one in offset order per
+partition, each folded into its referral's state. Flags are judged against the clock
+(SPEC §5) to raise or resolve alerts: with the wall (or file) clock once per touched
+referral at the end of the batch, and for the referrals whose next deadline has passed,
+found in an in-memory deadline index (schemas.deadlines), so a tick costs in proportion
+to the referrals that are due; a timer does the same between batches. With the event-time
+clock, time moves event by event: before each event the referrals due by its time are
+judged, then its own referral is, so a replay gives the same alerts however it is
+batched.
+
+At the end of a batch every touched referral is written once (each write costs a
+changelog message) and gets one status snapshot on the compacted status topic. Alert
+messages are published, and acknowledged by the broker, before the table writes that
+record them: after a crash the redelivered events raise the same alert again (same id)
+rather than lose it. A snapshot is published even when every event of a referral was a
+duplicate, so a crash between the table write and the snapshot is repaired by the
+redelivery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
+from aiokafka.partitioner import murmur2
 from faust.types import AppT, EventT, TableT, TopicT
 
+from schemas.alerts import reconcile
+from schemas.deadlines import DeadlineIndex
 from schemas.errors import ErrorCode
 from schemas.events import TrackedEvent
-from schemas.flags import DEFAULT_TARGETS, SlaTargets
+from schemas.flags import next_deadline
 from schemas.referral import ReferralState, new_state
+from schemas.sla import SlaPolicy
 from schemas.snapshot import status_snapshot
+from streams.clock import Clock
 from streams.dlq import dead_letter
 from streams.metrics import Metrics
 from streams.table_writes import acting_for
@@ -35,8 +53,61 @@ log = logging.getLogger(__name__)
 Item = tuple[EventT, TrackedEvent]
 
 
-def wall_clock_us() -> int:
-    return time.time_ns() // 1000
+@dataclass
+class Entry:
+    """One referral during a batch: loaded once, changed in place, written once."""
+
+    key: str
+    partition: int
+    state: ReferralState
+    firing: dict[str, int]
+    stored_deadline: int | None
+    status_before: str | None  # None: not in the table before this batch
+    firing_before: dict[str, int]
+    now: int = 0
+    changed: bool = False
+    had_events: bool = False
+    accepted: list[Item] = field(default_factory=list)
+    alert_events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class OwnedPartition:
+    """What this worker knows about one tracked partition it owns."""
+
+    number: int
+    index: DeadlineIndex = field(default_factory=DeadlineIndex)
+    watermark: int | None = None  # newest occurred_at seen (the clock in event mode)
+    open_by_status: Counter[str] = field(default_factory=Counter)
+    firing: Counter[tuple[str, str]] = field(default_factory=Counter)  # (org, rule)
+
+
+class _PartitionEvent:
+    """Stands in for an event of `partition` when a timer writes the table (Faust routes a
+    changelog write to the partition of the current event)."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition)
+
+
+def load_record(value: dict[str, Any]) -> tuple[ReferralState, dict[str, int], int | None, int]:
+    """(state, firing alerts, next deadline, partition) of a stored table value. Values
+    written before alerting existed are a bare state: no alerts, no deadline yet."""
+    if "state" in value:
+        return (
+            ReferralState.from_dict(value["state"]),
+            {k: int(v) for k, v in (value.get("alerts") or {}).items()},
+            value.get("deadline"),
+            int(value.get("p", -1)),
+        )
+    return ReferralState.from_dict(value), {}, None, -1
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The tracked partition of a referral key (Kafka's default partitioner)."""
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
 @dataclass
@@ -44,60 +115,257 @@ class Tracker:
     table: TableT
     status: TopicT
     dlq: TopicT
+    alerts: TopicT
     windows: WindowCounter
     metrics: Metrics
     pseudonym_key: bytes
-    clock: Callable[[], int] = wall_clock_us
-    targets: SlaTargets = DEFAULT_TARGETS
+    tracked_topic: str
+    partitions: int
+    policy: SlaPolicy = field(default_factory=SlaPolicy.default)
+    clock: Clock = field(default_factory=lambda: Clock("wall"))
+    _owned: dict[int, OwnedPartition] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    # -- events -----------------------------------------------------------------------
 
     async def process(self, events: list[EventT]) -> None:
-        groups: dict[str, list[Item]] = {}
-        for event in events:
-            try:
-                tracked_event = TrackedEvent.from_json(event.message.value or b"")
-            except Exception as exc:
-                await self.reject(event, exc)
-                continue
-            groups.setdefault(tracked_event.referral_key, []).append((event, tracked_event))
-        now = self.clock()
-        accepted: list[Item] = []
-        for key, items in groups.items():
-            try:
-                accepted.extend(await self.apply(key, items, now))
-            except Exception as exc:  # a bug: keep the events (DLQ), keep the agent
-                log.exception("tracker failed to apply a batch for one referral")
-                for event, _ in items:
+        async with self._lock:
+            by_partition: dict[int, list[Item]] = {}
+            for event in events:
+                try:
+                    tracked_event = TrackedEvent.from_json(event.message.value or b"")
+                except Exception as exc:
                     await self.reject(event, exc)
+                    continue
+                by_partition.setdefault(event.message.partition, []).append((event, tracked_event))
+            self._ensure_owned(set(by_partition))
+            wall_now = 0 if self.clock.event_time else self.clock.now()
+            batch: dict[str, Entry] = {}
+            for number, items in by_partition.items():
+                owned = self._owned[number]
+                items.sort(key=lambda item: item[0].message.offset)
+                for event, tracked_event in items:
+                    now = wall_now
+                    if self.clock.event_time:  # time moves event by event
+                        if owned.watermark is None or tracked_event.occurred_at > owned.watermark:
+                            owned.watermark = tracked_event.occurred_at
+                        now = owned.watermark
+                        self._fire_due(owned, now, batch)
+                    try:
+                        self._apply(batch, number, event, tracked_event, now)
+                    except Exception as exc:  # a bug: keep the event (DLQ), keep the agent
+                        log.exception("tracker failed to apply an event")
+                        await self.reject(event, exc)
+                if not self.clock.event_time:
+                    self._fire_due(owned, wall_now, batch)
+            if not self.clock.event_time:
+                # One judgement per referral per batch, after all its events: a backlog
+                # arriving together raises no alert its own later events would resolve.
+                for entry in batch.values():
+                    if entry.had_events:
+                        self._judge(entry, wall_now)
+            await self._finish(batch)
+
+    def _apply(
+        self, batch: dict[str, Entry], number: int, event: EventT, tracked: TrackedEvent, now: int
+    ) -> None:
+        entry = self._entry(batch, tracked.referral_key, number, tracked)
+        assert entry is not None
+        entry.had_events = True
+        offset = event.message.offset
+        if entry.state.apply(tracked, offset):
+            self.metrics.events_processed.labels(tracked.type, tracked.source).inc()
+            self.metrics.last_event_processed.set(time.time())
+        else:
+            self.metrics.events_duplicate.labels(tracked.type).inc()
+        # New events, and accepted copies redelivered after a crash: write, so a changelog
+        # write lost in the crash is made good.
+        if entry.state.accepted_position(tracked.event_id) == offset:
+            entry.accepted.append((event, tracked))
+            entry.changed = True
+        if self.clock.event_time:
+            self._judge(entry, now)
+        entry.now = now
+
+    # -- the clock --------------------------------------------------------------------
+
+    async def tick(self, app: Any) -> None:
+        """Judge the referrals whose deadline has passed (wall and file clocks)."""
+        if self.clock.event_time or not app.tables.recovery.completed.is_set():
+            return
+        assigned = {
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == self.tracked_topic
+        }
+        if not assigned:
+            return
+        started = time.perf_counter()
+        async with self._lock:
+            self._ensure_owned(assigned)
+            now = self.clock.now()
+            batch: dict[str, Entry] = {}
+            for number in sorted(assigned):
+                self._fire_due(self._owned[number], now, batch)
+            await self._finish(batch)
+        self.metrics.alert_tick_seconds.observe(time.perf_counter() - started)
+
+    def _fire_due(self, owned: OwnedPartition, now: int, batch: dict[str, Entry]) -> None:
+        for key in owned.index.pop_due(now):
+            entry = self._entry(batch, key, owned.number, None)
+            if entry is not None:
+                self._judge(entry, now)
+
+    def _judge(self, entry: Entry, now: int) -> None:
+        entry.now = now
+        targets = self.policy.targets_for(entry.state.org_id, entry.state.specialty)
+        result = reconcile(entry.state, entry.firing, now, targets)
+        # At once, not at the end of the batch: with the event-time clock a later event of
+        # this same batch may pass the deadline.
+        self._owned[entry.partition].index.set(entry.key, next_deadline(entry.state, now, targets))
+        if result.events:
+            entry.alert_events.extend(result.events)
+            entry.firing = result.firing
+            entry.changed = True
+
+    # -- loading and writing ----------------------------------------------------------
+
+    def _entry(
+        self, batch: dict[str, Entry], key: str, number: int, first: TrackedEvent | None
+    ) -> Entry | None:
+        entry = batch.get(key)
+        if entry is not None:
+            return entry
+        stored = self.table.get(key)
+        if stored is not None:
+            state, firing, deadline, _ = load_record(stored)
+            before: str | None = state.status.value
+        elif first is not None:
+            state, firing, deadline, before = (
+                new_state(first.org_id, first.referral_id),
+                {},
+                None,
+                None,
+            )
+        else:
+            return None
+        entry = Entry(key, number, state, firing, deadline, before, dict(firing))
+        batch[key] = entry
+        return entry
+
+    async def _finish(self, batch: dict[str, Entry]) -> None:
+        if not batch:
+            return
+        pending = [
+            await self.alerts.send(
+                key=entry.key.encode("utf-8"), value=json.dumps(message).encode("utf-8")
+            )
+            for entry in batch.values()
+            for message in entry.alert_events
+        ]
+        if pending:
+            await asyncio.gather(*pending)
+        accepted: list[Item] = []
+        for entry in batch.values():
+            owned = self._owned[entry.partition]
+            targets = self.policy.targets_for(entry.state.org_id, entry.state.specialty)
+            deadline = next_deadline(entry.state, entry.now, targets)
+            owned.index.set(entry.key, deadline)
+            if entry.changed or deadline != entry.stored_deadline:
+                with acting_for(_PartitionEvent(self.tracked_topic, entry.partition)):  # type: ignore[arg-type]
+                    self.table[entry.key] = {
+                        "state": entry.state.to_dict(),
+                        "alerts": entry.firing,
+                        "deadline": deadline,
+                        "p": entry.partition,
+                    }
+            self._count(owned, entry)
+            if entry.had_events or entry.alert_events:
+                snapshot = status_snapshot(entry.state, entry.now, targets)
+                await self.status.send(
+                    key=entry.key.encode("utf-8"), value=json.dumps(snapshot).encode("utf-8")
+                )
+                self.metrics.status_out.inc()
+            accepted.extend(entry.accepted)
+        self.metrics.deadlines_pending.set(sum(len(o.index) for o in self._owned.values()))
         await self.windows.count(accepted)
 
-    async def apply(self, key: str, items: list[Item], now: int) -> list[Item]:
-        """Fold a referral's events in; return the accepted copies among them (new
-        events, and accepted copies redelivered after a crash)."""
-        stored = self.table.get(key)
-        first = items[0][1]
-        state = (
-            ReferralState.from_dict(stored)
-            if stored is not None
-            else new_state(first.org_id, first.referral_id)
+    def _count(self, owned: OwnedPartition, entry: Entry) -> None:
+        """Keep the open-referral and firing-alert gauges in step with this entry."""
+        m = self.metrics
+        org = entry.state.org_id
+        after = entry.state.status.value if entry.state.is_open else None
+        before = entry.status_before if entry.status_before in _OPEN else None
+        if before != after:
+            if before is not None:
+                owned.open_by_status[before] -= 1
+                m.referrals_open.labels(before).dec()
+            if after is not None:
+                owned.open_by_status[after] += 1
+                m.referrals_open.labels(after).inc()
+        for rule in entry.firing_before.keys() - entry.firing.keys():
+            owned.firing[(org, rule)] -= 1
+            m.alerts_firing.labels(org, rule).dec()
+            m.alerts_resolved.labels(org, rule).inc()
+        for rule in entry.firing.keys() - entry.firing_before.keys():
+            owned.firing[(org, rule)] += 1
+            m.alerts_firing.labels(org, rule).inc()
+            m.alerts_raised.labels(org, rule).inc()
+
+    # -- ownership ----------------------------------------------------------------------
+
+    def _ensure_owned(self, numbers: set[int]) -> None:
+        """Rebuild the deadline index, watermark and gauges of partitions seen for the
+        first time since a start or a rebalance: one pass over the table."""
+        missing = numbers - self._owned.keys()
+        if not missing:
+            return
+        started = time.perf_counter()
+        fresh = {n: OwnedPartition(n) for n in missing}
+        for key, value in self.table.items():
+            if not isinstance(key, str) or not isinstance(value, dict):
+                continue
+            state, firing, deadline, number = load_record(value)
+            if number < 0:
+                number = partition_of(key, self.partitions)
+            owned = fresh.get(number)
+            if owned is None:
+                continue
+            if deadline is None and "state" not in value:  # a record from before alerting
+                deadline = next_deadline(
+                    state, -(2**62), self.policy.targets_for(state.org_id, state.specialty)
+                )
+            owned.index.set(key, deadline)
+            last = state.last_event_at
+            if last is not None and (owned.watermark is None or last > owned.watermark):
+                owned.watermark = last
+            if state.is_open:
+                owned.open_by_status[state.status.value] += 1
+            for rule in firing:
+                owned.firing[(state.org_id, rule)] += 1
+        for owned in fresh.values():
+            for status, n in owned.open_by_status.items():
+                self.metrics.referrals_open.labels(status).inc(n)
+            for (org, rule), n in owned.firing.items():
+                self.metrics.alerts_firing.labels(org, rule).inc(n)
+        self._owned.update(fresh)
+        log.info(
+            "deadline index rebuilt for partitions %s: %d referrals due later (%.1f s)",
+            sorted(missing),
+            sum(len(o.index) for o in fresh.values()),
+            time.perf_counter() - started,
         )
-        accepted: list[Item] = []
-        for event, tracked_event in items:
-            offset = event.message.offset
-            if state.apply(tracked_event, offset):
-                self.metrics.events_processed.labels(tracked_event.type, tracked_event.source).inc()
-            else:
-                self.metrics.events_duplicate.labels(tracked_event.type).inc()
-            if state.accepted_position(tracked_event.event_id) == offset:
-                accepted.append((event, tracked_event))
-        # New events, or accepted copies redelivered after a crash: write, so a changelog
-        # write lost in the crash is made good.
-        if accepted:
-            with acting_for(items[-1][0]):
-                self.table[key] = state.to_dict()
-        snapshot = status_snapshot(state, now, self.targets)
-        await self.status.send(key=key.encode("utf-8"), value=json.dumps(snapshot).encode("utf-8"))
-        self.metrics.status_out.inc()
-        return accepted
+
+    def forget(self, numbers: set[int]) -> None:
+        """Drop what this worker kept for partitions it no longer owns."""
+        for number in numbers:
+            owned = self._owned.pop(number, None)
+            if owned is None:
+                continue
+            for status, n in owned.open_by_status.items():
+                self.metrics.referrals_open.labels(status).dec(n)
+            for (org, rule), n in owned.firing.items():
+                self.metrics.alerts_firing.labels(org, rule).dec(n)
+
+    # -- failures -----------------------------------------------------------------------
 
     async def reject(self, event: EventT, exc: Exception) -> None:
         message = event.message
@@ -124,11 +392,26 @@ class Tracker:
         )
 
 
+_OPEN = frozenset({"created", "routed", "contacted", "scheduled", "seen"})
+
+
 def register_tracker(
-    app: AppT, tracked: TopicT, tracker: Tracker, batch: int, batch_seconds: float
+    app: AppT,
+    tracked: TopicT,
+    tracker: Tracker,
+    batch: int,
+    batch_seconds: float,
+    tick_seconds: float,
 ) -> Any:
     async def track(stream: Any) -> None:
         async for events in stream.take_events(batch, within=batch_seconds):
             await tracker.process(events)
+
+    @app.timer(interval=tick_seconds, name="reftrack.alert_tick")
+    async def tick() -> None:
+        try:
+            await tracker.tick(app)
+        except Exception:  # keep the timer alive; the next tick tries again
+            log.exception("alert tick failed")
 
     return app.agent(tracked, name="reftrack.tracker")(track)

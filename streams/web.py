@@ -119,6 +119,12 @@ class WebService(Service):
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        by_topic: dict[str, int] = {}
+        for where, lag in self.consumer_lag().items():
+            topic = where.rsplit("/", 1)[0]
+            by_topic[topic] = by_topic.get(topic, 0) + lag
+        for topic, lag in by_topic.items():
+            self.pipeline.metrics.consumer_lag.labels(topic).set(lag)
         return web.Response(
             body=self.pipeline.metrics.render(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

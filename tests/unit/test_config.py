@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streams.config import ConfigError, Settings, Topics, is_loopback, load_settings
@@ -98,3 +100,34 @@ def test_short_pseudonym_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("REFTRACK_PSEUDONYM_KEY", "short")
     with pytest.raises(ConfigError, match="too short"):
         _ = load_settings().pseudonym_key_bytes
+
+
+def test_a_bad_sla_file_stops_start_naming_the_variable_and_the_field(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bad = tmp_path / "sla.yaml"
+    bad.write_text("orgs:\n  acme:\n    routing: {urgnt: 12h}\n", encoding="utf-8")
+    monkeypatch.setenv("REFTRACK_SLA_FILE", str(bad))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "REFTRACK_SLA_FILE" in message and "orgs.acme.routing.urgnt" in message
+    monkeypatch.setenv("REFTRACK_SLA_FILE", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_settings()
+
+
+def test_the_example_sla_file_and_clock_modes_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "sla.example.yaml"
+    monkeypatch.setenv("REFTRACK_SLA_FILE", str(example))
+    clock_file = tmp_path / "clock"
+    clock_file.write_text("2025-01-01T00:00:00Z")
+    for clock in ("wall", "event", f"file:{clock_file}"):
+        monkeypatch.setenv("REFTRACK_CLOCK", clock)
+        assert load_settings().clock == clock
+    for bad in ("sundial", f"file:{tmp_path / 'nowhere'}"):
+        monkeypatch.setenv("REFTRACK_CLOCK", bad)
+        with pytest.raises(ConfigError, match="REFTRACK_CLOCK"):
+            load_settings()
