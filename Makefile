@@ -44,6 +44,7 @@ schema: venv
 bench: venv
 	$(BIN)/python -m bench.kpi_views
 	$(BIN)/python -m bench.alert_tick
+	$(BIN)/python -m bench.pipeline
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

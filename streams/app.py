@@ -26,7 +26,7 @@ from sinks.topic_sink import SinkTarget, TopicSink
 from streams.clock import Clock
 from streams.config import Settings, Topics
 from streams.ingest import register_ingest
-from streams.kafka_compat import install_end_offsets_probe
+from streams.kafka_compat import install_end_offsets_probe, install_fetch_max_wait
 from streams.metrics import Metrics
 from streams.tracker import Tracker, register_tracker
 from streams.windows import WindowCounter
@@ -51,6 +51,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
     names = Topics(settings.topic_prefix)
     if settings.kafka_end_offsets_probe:
         install_end_offsets_probe()
+    install_fetch_max_wait(settings.kafka_fetch_max_wait_ms)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     session = settings.session_timeout
     app = faust.App(

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     kpi_refresh_seconds: int = Field(
         30, ge=1, description="how often kpi_summary, kpi_daily and stage_stats are recomputed"
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        100, ge=1, le=30_000, description="longest the broker may hold a fetch (all consumers)"
+    )
     kafka_end_offsets_probe: bool = Field(
         True, description="confirm ListOffsets with a fetch (needed for the embedded broker)"
     )

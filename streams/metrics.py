@@ -110,6 +110,18 @@ class Metrics:
             "Referrals in the deadline index (a flag can still turn on by time alone)",
             registry=r,
         )
+        self.tracker_batch_events = Histogram(
+            "reftrack_tracker_batch_events",
+            "Tracked events per tracker batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
+            registry=r,
+        )
+        self.tracker_batch_seconds = Histogram(
+            "reftrack_tracker_batch_seconds",
+            "Time to process one tracker batch (state, alerts, snapshots, windows)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
         self.alert_tick_seconds = Histogram(
             "reftrack_alert_tick_seconds",
             "Time to judge the referrals due at one clock tick",

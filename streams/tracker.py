@@ -129,42 +129,48 @@ class Tracker:
     # -- events -----------------------------------------------------------------------
 
     async def process(self, events: list[EventT]) -> None:
+        started = time.perf_counter()
         async with self._lock:
-            by_partition: dict[int, list[Item]] = {}
-            for event in events:
+            await self._process(events)
+        self.metrics.tracker_batch_events.observe(len(events))
+        self.metrics.tracker_batch_seconds.observe(time.perf_counter() - started)
+
+    async def _process(self, events: list[EventT]) -> None:
+        by_partition: dict[int, list[Item]] = {}
+        for event in events:
+            try:
+                tracked_event = TrackedEvent.from_json(event.message.value or b"")
+            except Exception as exc:
+                await self.reject(event, exc)
+                continue
+            by_partition.setdefault(event.message.partition, []).append((event, tracked_event))
+        self._ensure_owned(set(by_partition))
+        wall_now = 0 if self.clock.event_time else self.clock.now()
+        batch: dict[str, Entry] = {}
+        for number, items in by_partition.items():
+            owned = self._owned[number]
+            items.sort(key=lambda item: item[0].message.offset)
+            for event, tracked_event in items:
+                now = wall_now
+                if self.clock.event_time:  # time moves event by event
+                    if owned.watermark is None or tracked_event.occurred_at > owned.watermark:
+                        owned.watermark = tracked_event.occurred_at
+                    now = owned.watermark
+                    self._fire_due(owned, now, batch)
                 try:
-                    tracked_event = TrackedEvent.from_json(event.message.value or b"")
-                except Exception as exc:
+                    self._apply(batch, number, event, tracked_event, now)
+                except Exception as exc:  # a bug: keep the event (DLQ), keep the agent
+                    log.exception("tracker failed to apply an event")
                     await self.reject(event, exc)
-                    continue
-                by_partition.setdefault(event.message.partition, []).append((event, tracked_event))
-            self._ensure_owned(set(by_partition))
-            wall_now = 0 if self.clock.event_time else self.clock.now()
-            batch: dict[str, Entry] = {}
-            for number, items in by_partition.items():
-                owned = self._owned[number]
-                items.sort(key=lambda item: item[0].message.offset)
-                for event, tracked_event in items:
-                    now = wall_now
-                    if self.clock.event_time:  # time moves event by event
-                        if owned.watermark is None or tracked_event.occurred_at > owned.watermark:
-                            owned.watermark = tracked_event.occurred_at
-                        now = owned.watermark
-                        self._fire_due(owned, now, batch)
-                    try:
-                        self._apply(batch, number, event, tracked_event, now)
-                    except Exception as exc:  # a bug: keep the event (DLQ), keep the agent
-                        log.exception("tracker failed to apply an event")
-                        await self.reject(event, exc)
-                if not self.clock.event_time:
-                    self._fire_due(owned, wall_now, batch)
             if not self.clock.event_time:
-                # One judgement per referral per batch, after all its events: a backlog
-                # arriving together raises no alert its own later events would resolve.
-                for entry in batch.values():
-                    if entry.had_events:
-                        self._judge(entry, wall_now)
-            await self._finish(batch)
+                self._fire_due(owned, wall_now, batch)
+        if not self.clock.event_time:
+            # One judgement per referral per batch, after all its events: a backlog
+            # arriving together raises no alert its own later events would resolve.
+            for entry in batch.values():
+                if entry.had_events:
+                    self._judge(entry, wall_now)
+        await self._finish(batch)
 
     def _apply(
         self, batch: dict[str, Entry], number: int, event: EventT, tracked: TrackedEvent, now: int

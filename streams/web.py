@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from faust.exceptions import ConsumerNotStarted
 from mode import Service
 
 from sinks.clickhouse import ClickHouseError, is_read_only
@@ -137,7 +138,11 @@ class WebService(Service):
         consumer = app.consumer
         out: dict[str, int] = {}
         sources = {self.pipeline.topics.events, self.pipeline.topics.tracked}
-        for tp in sorted(consumer.assignment()):
+        try:
+            assignment = sorted(consumer.assignment())
+        except ConsumerNotStarted:  # while Faust starts its consumer thread
+            return out
+        for tp in assignment:
             if tp.topic not in sources:
                 continue
             high = consumer.highwater(tp)

@@ -1,0 +1,320 @@
+"""Throughput of the full pipeline beside the client and framework ceilings (issue 7).
+
+    python -m bench.pipeline [--referrals 20000] [--partitions 8] [--no-doc]
+
+On one embedded broker: simulated traffic (`streams.simulator`, the realistic mix with
+duplicates, late and invalid messages) is produced to a fresh events topic first. Then,
+reading that same backlog:
+
+1. the client ceiling: one aiokafka consumer that JSON-decodes every message;
+2. the framework ceiling: a bare Faust agent that only decodes (bench/faust_ceiling.py);
+3. the pipeline: one `reftrack worker` process (validation, pseudonyms, dedup,
+   per-referral state, stage durations, flags and alerts, rate windows, sinks into chDB),
+   timed from its first consumed message until every message is accounted for and every
+   sink has written everything to ClickHouse.
+
+Prints the figures and rewrites the "Pipeline throughput" section of docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.broker import EmbeddedBroker, free_port
+from streams.config import load_settings
+from streams.kafka_compat import install_end_offsets_probe
+from streams.produce import produce_file
+from streams.simulator import SimConfig, generate, write_ndjson
+from streams.topics import ensure_topics
+from tests.integration.harness import Deployment, Worker, wait_for
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+START_MARK = "<!-- pipeline:start -->"
+END_MARK = "<!-- pipeline:end -->"
+TARGET = 12_000
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+async def client_ceiling(bootstrap: str, topic: str, expected: int) -> float:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen, first = 0, 0.0
+        while seen < expected:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for messages in batches.values():
+                if messages and not first:
+                    first = time.perf_counter()
+                for message in messages:
+                    with contextlib.suppress(ValueError):
+                        json.loads(message.value)
+                seen += len(messages)
+        return time.perf_counter() - first
+    finally:
+        await consumer.stop()
+
+
+def faust_ceiling(bootstrap: str, topic: str, expected: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.faust_ceiling", bootstrap, topic, str(expected)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    for line in out.stdout.splitlines():
+        if "{" in line:  # Faust may print terminal control codes before it
+            return float(json.loads(line[line.index("{") :])["seconds"])
+    raise RuntimeError(f"faust ceiling printed no figure:\n{out.stdout}\n{out.stderr[-3000:]}")
+
+
+def pipeline_run(deployment: Deployment, expected: int) -> tuple[float, dict[str, object]]:
+    worker = Worker(deployment, name="bench-worker")
+    try:
+
+        def consuming() -> float | None:
+            try:
+                return time.perf_counter() if worker.pipeline()["counts"]["consumed"] else None
+            except (OSError, TypeError, KeyError):  # the web endpoint is not up yet
+                return None
+
+        if os.environ.get("BENCH_PROFILE"):
+            subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-d",
+                    "40",
+                    "-o",
+                    os.environ["BENCH_PROFILE"],
+                    "-f",
+                    "raw",
+                    "-p",
+                    str(worker.process.pid),
+                ],
+            )
+        first = wait_for(
+            consuming,
+            180,
+            interval=0.05,
+            what="the worker to start consuming",
+        )
+
+        processed_at: list[float] = []
+
+        def landed() -> dict[str, object] | None:
+            body = worker.pipeline()
+            if body["counts"]["accounted"] < expected:
+                return None
+            if not processed_at:
+                processed_at.append(time.perf_counter())
+                say(f"  every message processed after {processed_at[0] - first:.1f} s")
+            sinks = body["sinks"]
+            if any(s["rows_pending"] or any(s["lag"].values()) for s in sinks):
+                return None
+            return body
+
+        body = wait_for(landed, 1800, interval=0.2, what="everything in ClickHouse")
+        return time.perf_counter() - first, body["counts"]
+    finally:
+        worker.stop()
+
+
+async def produce_at_rate(
+    bootstrap: str, topic: str, rate: int, seconds: float, tag: str
+) -> dict[str, float]:
+    """Send `referral.created` events for fresh referrals at `rate` per second; return
+    each referral's send time (Unix seconds)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    await producer.start()
+    sent: dict[str, float] = {}
+    try:
+        start = time.perf_counter()
+        total = int(rate * seconds)
+        occurred = datetime.now(UTC).isoformat()
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            referral = f"F-{tag}-{i}"
+            value = json.dumps(
+                {
+                    "event_id": f"{referral}-c",
+                    "referral_id": referral,
+                    "org_id": "fresh",
+                    "type": "referral.created",
+                    "occurred_at": occurred,
+                    "source": "ehr",
+                    "data": {"priority": "routine", "specialty": "cardiology"},
+                }
+            ).encode()
+            sent[referral] = time.time()
+            await producer.send(topic, value=value, key=referral.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+def freshness(deployment: Deployment, rates: Sequence[int], seconds: float) -> list[tuple]:
+    """Produced → visible in referral_status (the row's ClickHouse insert time), p50/p99."""
+    worker = Worker(deployment, name="bench-fresh")
+    results = []
+    try:
+        worker.wait_ready()
+        for rate in rates:
+            tag = f"r{rate}"
+            sent = asyncio.run(
+                produce_at_rate(deployment.bootstrap, deployment.events_topic, rate, seconds, tag)
+            )
+            sql = (
+                "SELECT referral_id, toUnixTimestamp64Micro(min(inserted_at)) AS at "
+                f"FROM referral_state WHERE org_id = 'fresh' AND referral_id LIKE 'F-{tag}-%' "
+                "GROUP BY referral_id"
+            )
+            expected = len(sent)
+
+            def visible(sql: str = sql, expected: int = expected) -> list[dict] | None:
+                found = worker.query(sql)
+                return found if len(found) >= expected else None
+
+            rows = wait_for(
+                visible,
+                600,
+                interval=1,
+                what=f"all {len(sent)} referrals at {rate}/s visible",
+            )
+            lags = sorted(row["at"] / 1e6 - sent[row["referral_id"]] for row in rows)
+            p50 = lags[len(lags) // 2]
+            p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+            say(f"freshness at {rate}/s: p50 {p50:.2f} s, p99 {p99:.2f} s")
+            results.append((rate, p50, p99))
+    finally:
+        worker.stop()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline")
+    parser.add_argument("--referrals", type=int, default=20_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--rates", type=int, nargs="+", default=[500, 2000])
+    parser.add_argument("--seconds", type=float, default=20.0, help="per freshness rate")
+    parser.add_argument("--no-doc", dest="doc", action="store_false")
+    args = parser.parse_args(argv)
+    install_end_offsets_probe()
+    tmp = Path(tempfile.mkdtemp(prefix="reftrack-bench-"))
+    now = datetime.now(UTC)
+    traffic = tmp / "traffic.ndjson"
+    config = SimConfig(
+        seed=11, referrals=args.referrals, start=now - timedelta(days=90), span=timedelta(days=75)
+    )
+    lines = write_ndjson(generate(config, now - timedelta(days=1)), traffic)
+    say(f"{lines:,} messages for {args.referrals:,} referrals")
+
+    with EmbeddedBroker(free_port(), log_path=tmp / "tansu.log") as broker:
+        deployment = Deployment(bootstrap=broker.bootstrap, base_dir=tmp)
+        deployment.partitions = args.partitions
+        settings = load_settings(
+            kafka_bootstrap=broker.bootstrap,
+            topic_prefix=deployment.prefix,
+            partitions=args.partitions,
+            data_dir=str(tmp / "topics"),
+        )
+        asyncio.run(ensure_topics(settings))
+        started = time.perf_counter()
+        sent = asyncio.run(produce_file(traffic, broker.bootstrap, deployment.events_topic))
+        say(f"produced {sent:,} in {time.perf_counter() - started:.1f} s")
+
+        client_s = asyncio.run(client_ceiling(broker.bootstrap, deployment.events_topic, sent))
+        say(f"client ceiling: {sent / client_s:,.0f} msgs/s")
+        faust_s = faust_ceiling(broker.bootstrap, deployment.events_topic, sent)
+        say(f"framework ceiling: {sent / faust_s:,.0f} msgs/s")
+        pipe_s, counts = pipeline_run(deployment, sent)
+        say(f"pipeline: {sent / pipe_s:,.0f} msgs/s ({pipe_s:.1f} s); counts {counts}")
+        fresh_deployment = Deployment(bootstrap=broker.bootstrap, base_dir=tmp / "fresh")
+        fresh_deployment.partitions = args.partitions
+        fresh = freshness(fresh_deployment, args.rates, args.seconds)
+
+    rates = {"client": sent / client_s, "faust": sent / faust_s, "pipeline": sent / pipe_s}
+    met = rates["pipeline"] >= TARGET
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = "\n".join(
+        [
+            START_MARK,
+            "## Pipeline throughput",
+            "",
+            "<!-- Generated by `python -m bench.pipeline` (part of `make bench`); edits "
+            "between the markers are overwritten. -->",
+            "",
+            f"Target (issue 7): the full pipeline at ≥ {TARGET:,} events/s per worker "
+            "process. "
+            + ("**Met.**" if met else f"**Missed**: {rates['pipeline']:,.0f} events/s."),
+            "",
+            f"Measured {date}: {sent:,} simulated messages ({args.referrals:,} referrals, "
+            f"the simulator's mix of duplicates, late and invalid messages), "
+            f"{args.partitions} partitions, embedded broker, one process each, load "
+            f"average {os.getloadavg()[0]:.1f}.",
+            "",
+            "| reader | messages/s | pipeline as % of it |",
+            "|---|---:|---:|",
+            f"| aiokafka consumer, JSON decode (client ceiling) | {rates['client']:,.0f} | "
+            f"{rates['pipeline'] / rates['client']:.0%} |",
+            f"| bare Faust agent, JSON decode (framework ceiling) | {rates['faust']:,.0f} | "
+            f"{rates['pipeline'] / rates['faust']:.0%} |",
+            f"| reftrack worker, first message consumed to all in ClickHouse | "
+            f"{rates['pipeline']:,.0f} | — |",
+            "",
+            f"Freshness (target p99 ≤ 2 s at 2,000 events/s): new referrals produced at a "
+            f"fixed rate for {args.seconds:.0f} s each, from the send to the row's insert "
+            "time in ClickHouse (`referral_state.inserted_at`, the row behind "
+            "`referral_status`), same machine clock:",
+            "",
+            "| rate (events/s) | p50 s | p99 s | p99 ≤ 2 s |",
+            "|---:|---:|---:|:---:|",
+            *[
+                f"| {rate:,} | {p50:.2f} | {p99:.2f} | {'yes' if p99 <= 2 else '**no**'} |"
+                for rate, p50, p99 in fresh
+            ],
+            END_MARK,
+        ]
+    )
+    say("")
+    say(section)
+    if args.doc:
+        text = DOC.read_text(encoding="utf-8")
+        start, end = text.find(START_MARK), text.find(END_MARK)
+        if start != -1 and end > start:
+            text = text[:start] + section + text[end + len(END_MARK) :]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+        DOC.write_text(text, encoding="utf-8")
+        say(f"wrote the pipeline section of {DOC}")
+
+
+if __name__ == "__main__":
+    main()
