@@ -45,6 +45,7 @@ bench: venv
 	$(BIN)/python -m bench.kpi_views
 	$(BIN)/python -m bench.alert_tick
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.recovery
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
