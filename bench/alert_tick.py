@@ -20,23 +20,18 @@ import random
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
+from bench.report import say, write_section
 from schemas.alerts import reconcile
 from schemas.deadlines import DeadlineIndex
 from schemas.events import TrackedEvent
 from schemas.flags import DEFAULT_TARGETS, HOUR, evaluate_flags, next_deadline
 from schemas.referral import ReferralState, new_state
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 START_MARK = "<!-- alert-tick:start -->"
 END_MARK = "<!-- alert-tick:end -->"
 NOW = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 SPAN = 30 * 24 * HOUR
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 def build(n: int, seed: int = 7) -> dict[str, ReferralState]:
@@ -146,14 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     say("")
     say(section)
     if args.doc:
-        text = DOC.read_text(encoding="utf-8")
-        start, end = text.find(START_MARK), text.find(END_MARK)
-        if start != -1 and end > start:
-            text = text[:start] + section + text[end + len(END_MARK) :]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        DOC.write_text(text, encoding="utf-8")
-        say(f"wrote the alert tick section of {DOC}")
+        write_section("alert-tick", section)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench.report import say, write_section
 from streams.broker import EmbeddedBroker, free_port
 from streams.config import load_settings
 from streams.kafka_compat import install_end_offsets_probe
@@ -41,14 +42,9 @@ from streams.simulator import SimConfig, generate, write_ndjson
 from streams.topics import ensure_topics
 from tests.integration.harness import Deployment, Worker, wait_for
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 START_MARK = "<!-- pipeline:start -->"
 END_MARK = "<!-- pipeline:end -->"
 TARGET = 12_000
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 async def client_ceiling(bootstrap: str, topic: str, expected: int) -> float:
@@ -306,14 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     say("")
     say(section)
     if args.doc:
-        text = DOC.read_text(encoding="utf-8")
-        start, end = text.find(START_MARK), text.find(END_MARK)
-        if start != -1 and end > start:
-            text = text[:start] + section + text[end + len(END_MARK) :]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        DOC.write_text(text, encoding="utf-8")
-        say(f"wrote the pipeline section of {DOC}")
+        write_section("pipeline", section)
 
 
 if __name__ == "__main__":

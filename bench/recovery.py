@@ -33,18 +33,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.alert_tick import build
+from bench.report import say, write_section
 from schemas.flags import DEFAULT_TARGETS, next_deadline
 from streams.broker import EmbeddedBroker, free_port
 from streams.tracker import partition_of
 from tests.integration.harness import Deployment, Worker, wait_for
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 START_MARK = "<!-- recovery:start -->"
 END_MARK = "<!-- recovery:end -->"
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 def rss_bytes(pid: int) -> int:
@@ -181,14 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     say("")
     say(section)
     if args.doc:
-        text = DOC.read_text(encoding="utf-8")
-        start, end = text.find(START_MARK), text.find(END_MARK)
-        if start != -1 and end > start:
-            text = text[:start] + section + text[end + len(END_MARK) :]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        DOC.write_text(text, encoding="utf-8")
-        say(f"wrote the recovery section of {DOC}")
+        write_section("recovery", section)
 
 
 if __name__ == "__main__":
