@@ -67,6 +67,8 @@ class Entry:
     now: int = 0
     changed: bool = False
     had_events: bool = False
+    judged: bool = False  # `deadline` is that of the latest judgement, at `now`
+    deadline: int | None = None
     accepted: list[Item] = field(default_factory=list)
     alert_events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -226,7 +228,8 @@ class Tracker:
         result = reconcile(entry.state, entry.firing, now, targets)
         # At once, not at the end of the batch: with the event-time clock a later event of
         # this same batch may pass the deadline.
-        self._owned[entry.partition].index.set(entry.key, next_deadline(entry.state, now, targets))
+        entry.judged, entry.deadline = True, next_deadline(entry.state, now, targets)
+        self._owned[entry.partition].index.set(entry.key, entry.deadline)
         if result.events:
             entry.alert_events.extend(result.events)
             entry.firing = result.firing
@@ -273,7 +276,11 @@ class Tracker:
         for entry in batch.values():
             owned = self._owned[entry.partition]
             targets = self.policy.targets_for(entry.state.org_id, entry.state.specialty)
-            deadline = next_deadline(entry.state, entry.now, targets)
+            deadline = (
+                entry.deadline  # every entry is judged, unless applying its event failed
+                if entry.judged
+                else next_deadline(entry.state, entry.now, targets)
+            )
             owned.index.set(entry.key, deadline)
             if entry.changed or deadline != entry.stored_deadline:
                 with acting_for(_PartitionEvent(self.tracked_topic, entry.partition)):  # type: ignore[arg-type]
