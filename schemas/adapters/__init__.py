@@ -1,0 +1,1 @@
+"""Source adapters: what upstream systems already emit, turned into canonical events."""
