@@ -8,6 +8,7 @@ from typing import Any
 
 import faust
 
+from schemas.adapters.config import load_sources
 from schemas.sla import load_policy
 from sinks.clickhouse import ClickHouse
 from sinks.rows import (
@@ -23,6 +24,7 @@ from sinks.rows import (
     stage_rows,
 )
 from sinks.topic_sink import SinkTarget, TopicSink
+from streams.adapt import IdLinks, register_adapters, register_id_links
 from streams.clock import Clock
 from streams.config import Settings, Topics
 from streams.ingest import register_ingest
@@ -33,6 +35,7 @@ from streams.windows import WindowCounter
 
 REFERRAL_TABLE = "referral-state"
 WINDOW_TABLE = "rate-windows"
+ALIAS_TABLE = "id-links"
 
 
 @dataclass
@@ -83,6 +86,8 @@ def create_pipeline(settings: Settings) -> Pipeline:
     dlq = raw_topic(names.dlq)
     rates = raw_topic(names.rates, compacting=True)
     alerts = raw_topic(names.alerts)
+    idlinks = raw_topic(names.idlinks)
+    raw_sources = {kind: raw_topic(name) for kind, name in names.raw.items()}
 
     def json_table(name: str) -> Any:
         return app.Table(
@@ -114,6 +119,12 @@ def create_pipeline(settings: Settings) -> Pipeline:
     )
 
     register_ingest(app, events, tracked, dlq, metrics, key)
+    register_adapters(
+        app, raw_sources, tracked, idlinks, dlq, metrics, key, load_sources(settings.sources_file)
+    )
+    register_id_links(
+        app, idlinks, IdLinks(json_table(ALIAS_TABLE), tracked, dlq, metrics, key)
+    )
     register_tracker(
         app,
         tracked,

@@ -98,8 +98,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from streams.produce import produce_file
 
     settings = _settings()
-    topic = args.topic or Topics(settings.topic_prefix).events
-    sent = asyncio.run(produce_file(Path(args.file), settings.kafka_bootstrap, topic))
+    names = Topics(settings.topic_prefix)
+    topic = args.topic or (names.events if args.source == "canonical" else names.raw[args.source])
+    framing = "hl7v2" if args.source == "hl7v2" else "lines"
+    sent = asyncio.run(
+        produce_file(Path(args.file), settings.kafka_bootstrap, topic, framing=framing)
+    )
     print(f"sent {sent} messages to {topic}")
     return 0
 
@@ -172,9 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=30.0, help="with --output: days of history")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("produce", help="send an NDJSON file of canonical events")
+    p = sub.add_parser("produce", help="send a file of events (NDJSON) or HL7 v2 messages to Kafka")
     p.add_argument("file")
-    p.add_argument("--topic", help="default: <prefix>.events.v1")
+    p.add_argument(
+        "--source",
+        choices=("canonical", "fhir", "hl7v2", "comms", "claims"),
+        default="canonical",
+        help="what the file holds: NDJSON, one message per line, except hl7v2 (a message "
+        "starts at each MSH line); picks the topic (default: canonical events)",
+    )
+    p.add_argument("--topic", help="default: the --source's topic, e.g. <prefix>.events.v1")
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("query", help="read-only SQL against reftrack's ClickHouse")

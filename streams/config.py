@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.adapters.config import SourcesConfigError, load_sources
 from schemas.sla import SlaConfigError, load_policy
 from streams.clock import Clock
 
@@ -61,6 +62,11 @@ class Settings(BaseSettings):
     sink_flush_seconds: float = Field(1.0, gt=0, description="... or after this long")
     sla_file: Path | None = Field(
         None, description="SLA targets and calendars (YAML, docs/sla.md); unset: SPEC defaults"
+    )
+    sources_file: Path | None = Field(
+        None,
+        description="orgs, senders and identifier systems of the raw source topics "
+        "(YAML, docs/integrations.md); unset: orgs must be named by the messages",
     )
     clock: str = Field(
         "wall",
@@ -169,6 +175,10 @@ def load_settings(**overrides: object) -> Settings:
         load_policy(settings.sla_file)
     except SlaConfigError as exc:
         raise ConfigError(f"invalid configuration:\n  REFTRACK_SLA_FILE: {exc}") from None
+    try:
+        load_sources(settings.sources_file)
+    except SourcesConfigError as exc:
+        raise ConfigError(f"invalid configuration:\n  REFTRACK_SOURCES_FILE: {exc}") from None
     try:  # an injected clock must be readable from the start
         Clock.parse(settings.clock).now()
     except (OSError, ValueError) as exc:
@@ -186,3 +196,10 @@ class Topics:
         self.dlq = f"{prefix}.dlq.v1"
         self.alerts = f"{prefix}.alerts.v1"
         self.rates = f"{prefix}.rates.v1"
+        self.idlinks = f"{prefix}.idlinks.v1"
+        self.raw = {
+            "fhir": f"{prefix}.raw.fhir.v1",
+            "hl7v2": f"{prefix}.raw.hl7v2.v1",
+            "comms": f"{prefix}.raw.comms.v1",
+            "claims": f"{prefix}.raw.claims.v1",
+        }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,9 +45,14 @@ def dead_letter(
     offset: int,
     pseudonym_key: bytes,
     now: datetime | None = None,
+    redact: Callable[[bytes, bytes], tuple[bytes, bool]] | None = None,
 ) -> bytes:
-    """The DLQ record for one rejected message, as JSON bytes."""
-    body, redacted = redact_patient_id(raw or b"", pseudonym_key)
+    """The DLQ record for one rejected message, as JSON bytes.
+
+    `redact` is the source format's own (schemas.adapters): an HL7 v2 or FHIR message
+    carries patient identifiers elsewhere than a top-level `patient_id`.
+    """
+    body, redacted = (redact or redact_patient_id)(raw or b"", pseudonym_key)
     record: dict[str, Any] = {
         "error_code": code.value,
         "error_message": message,

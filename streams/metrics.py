@@ -33,6 +33,33 @@ class Metrics:
         )
         for code in ErrorCode:  # every series from 0, so rate() sees a first burst too
             self.dlq.labels(code.value)
+        self.adapter_messages = Counter(
+            "reftrack_adapter_messages",
+            "Raw source messages read by the adapters, by outcome (adapted, ignored, rejected)",
+            ["format", "outcome"],
+            registry=r,
+        )
+        self.adapter_events = Counter(
+            "reftrack_adapter_events",
+            "Canonical events the adapters derived from raw messages",
+            ["format"],
+            registry=r,
+        )
+        self.adapter_parked = Counter(
+            "reftrack_adapter_parked_events",
+            "Events named only by an alias id, parked until the alias is linked",
+            registry=r,
+        )
+        self.adapter_released = Counter(
+            "reftrack_adapter_released_events",
+            "Parked events released once their alias was linked to a referral",
+            registry=r,
+        )
+        self.alias_conflicts = Counter(
+            "reftrack_alias_conflicts",
+            "Alias ids linked to a second, different referral id (the first link is kept)",
+            registry=r,
+        )
         self.status_out = Counter(
             "reftrack_status_snapshots_out", "Status snapshots published", registry=r
         )

@@ -32,6 +32,8 @@ def wanted_topics(settings: Settings) -> list[NewTopic]:
         NewTopic(names.dlq, n, rf),
         NewTopic(names.alerts, n, rf),
         NewTopic(names.rates, n, rf, topic_configs={"cleanup.policy": "compact"}),
+        NewTopic(names.idlinks, n, rf),
+        *(NewTopic(name, n, rf) for name in names.raw.values()),
     ]
 
 
