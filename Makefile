@@ -44,6 +44,7 @@ schema: venv
 bench: venv
 	$(BIN)/python -m bench.kpi_views
 	$(BIN)/python -m bench.alert_tick
+	$(BIN)/python -m bench.adapters
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.recovery
 

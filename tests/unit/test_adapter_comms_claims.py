@@ -308,3 +308,51 @@ def test_every_type_a_webhook_gives_is_a_canonical_type() -> None:
         t for t in comms.TWILIO_STATUSES.values() if t
     }
     assert produced == {EventType.PATIENT_OUTREACH, EventType.PATIENT_RESPONDED}
+
+
+# -- round trip: canonical events -> webhooks/claims -> the same canonical events --------
+
+
+def _simulated(types: set[str]) -> list[dict[str, Any]]:
+    from streams.simulator import SimConfig, generate
+
+    messages = generate(SimConfig(seed=3, referrals=400, invalid_rate=0.0), now=NOW)
+    docs = [json.loads(m.value) for m in messages if m.fault is None]
+    return [d for d in docs if d["type"] in types]
+
+
+def _same_event(adapter: Any, raw: bytes, original: dict[str, Any]) -> None:
+    from schemas.events import parse_event
+
+    want = parse_event(json.dumps(original).encode(), NOW)
+    [got] = _events(adapter, json.loads(raw))
+    for name in ("org_id", "referral_id", "type", "occurred_at", "patient_id"):
+        assert getattr(got, name) == getattr(want, name), name
+    assert got.data == want.data
+
+
+@pytest.mark.parametrize("twilio", [False, True])
+def test_round_trip_comms(twilio: bool) -> None:
+    from tests.support.comms_encode import encode
+
+    events = _simulated({"patient.outreach", "patient.responded"})
+    assert len(events) > 100
+    for original in events:
+        raw = encode(original, twilio=twilio)
+        assert raw is not None
+        if twilio and original["data"].get("channel") == "sms":
+            want = {**original, "data": {"channel": "sms"}}  # Twilio is SMS only
+            _same_event(comms, raw, want)
+        else:
+            _same_event(comms, raw, original)
+
+
+def test_round_trip_claims() -> None:
+    from tests.support.claims_encode import encode
+
+    events = _simulated({"care.out_of_network"})
+    assert len(events) > 5
+    for original in events:
+        raw = encode(original)
+        assert raw is not None
+        _same_event(claims, raw, original)
