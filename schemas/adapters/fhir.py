@@ -2,7 +2,7 @@
 
 A message is one resource or a Bundle of them. ServiceRequest, Task, Appointment,
 Encounter, Communication, CommunicationRequest, DocumentReference and DiagnosticReport
-are mapped (docs/integrations/fhir.md has the table). Other resources are context: a
+are mapped (docs/integrations.md, FHIR R4 has the table). Other resources are context: a
 Patient names the patient, a ServiceRequest in the same bundle names the referral of a
 Task that points at it, a MessageHeader names the sender.
 
@@ -1169,7 +1169,7 @@ def _resource_type(res: Json, path: str) -> str:
 
 def adapt(raw: bytes, config: SourceConfig) -> list[Draft]:
     """One message (a resource or a Bundle) to its drafts; [] when it states nothing
-    that moves a referral (docs/integrations/fhir.md, "ignored")."""
+    that moves a referral (docs/integrations.md, FHIR R4, "ignored")."""
     doc = _decode(raw)
     kind = _resource_type(doc, "resource")
     ctx = _Context(config)

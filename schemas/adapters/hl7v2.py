@@ -1,6 +1,6 @@
 """HL7 v2 messages (`referrals.raw.hl7v2.v1`, ER7 text) into referral events.
 
-docs/integrations/hl7v2.md is the operator's guide: every message, segment and field
+docs/integrations.md, HL7 v2 is the operator's guide: every message, segment and field
 read, what is ignored, and why a message is rejected. In short:
 
 - REF^I12 new referral, I13 routed to a provider, I14 cancelled; RRI (the referred-to
@@ -390,7 +390,7 @@ class _Fact:
 def _unsupported(message_type: str, trigger: str) -> EventRejected:
     return EventRejected(
         ErrorCode.UNSUPPORTED_MESSAGE,
-        f"{message_type}^{trigger} has no mapping (docs/integrations/hl7v2.md)",
+        f"{message_type}^{trigger} has no mapping (docs/integrations.md, HL7 v2)",
         "MSH-9",
     )
 

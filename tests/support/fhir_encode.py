@@ -1,7 +1,7 @@
 """Canonical events (SPEC §3) as the FHIR R4 resources an upstream system would send.
 
 A test double for a FHIR source: `encode` renders one canonical event as the resource
-the fhir adapter maps back to the same event (docs/integrations/fhir.md). The referral
+the fhir adapter maps back to the same event (docs/integrations.md, FHIR R4). The referral
 id is the value of an identifier in REFERRAL_SYSTEM, the first identifier the resource
 gives, so with no sources-file entry it is the referral id; the org is the meta.tag.
 

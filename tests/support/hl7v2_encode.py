@@ -3,7 +3,7 @@
 The round-trip property test (tests/unit/test_adapter_hl7v2.py) checks that the HL7 v2
 adapter reads each message back as the event it came from; the end-to-end test sends
 simulated events through the HL7 v2 topic with it. So it writes what a conformant
-sender would, in the shapes docs/integrations/hl7v2.md describes:
+sender would, in the shapes docs/integrations.md, HL7 v2 describes:
 
 | canonical type | message | where the event's fields go |
 |---|---|---|
