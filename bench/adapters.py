@@ -4,7 +4,7 @@ beside the canonical path.
     python -m bench.adapters [--seconds 3] [--no-doc]
 
 The corpus is the simulator's realistic mix of valid events, each rendered in every raw
-format that can express it (the encoders of tests/support, the same the end-to-end test
+format that can express it (the encoders of streams/upstream, the same the end-to-end test
 uses), plus the standard's example fixtures. Each format is timed through
 `streams.adapt.adapt_message`: read, place (org, referral id), validate as a canonical
 event, pseudonymize: everything ingest does for a raw message except the Kafka sends.
@@ -29,7 +29,7 @@ from schemas.adapters.config import parse_sources
 from streams.adapt import ADAPTERS, adapt_message
 from streams.ingest import ingest_one
 from streams.simulator import SimConfig, generate
-from tests.support import claims_encode, comms_encode, fhir_encode, hl7v2_encode
+from streams.upstream import claims_encode, comms_encode, fhir_encode, hl7v2_encode
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = b"bench-pseudonym-key-0123456789"

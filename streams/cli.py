@@ -128,9 +128,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         written = simulator.write_ndjson(messages, Path(args.output))
         print(f"wrote {written} messages to {args.output}")
         return 0
-    topic = Topics(settings.topic_prefix).events
+    names = Topics(settings.topic_prefix)
     counts = asyncio.run(
-        simulator.run(config, settings.kafka_bootstrap, topic, args.rate, args.duration)
+        simulator.run(
+            config,
+            settings.kafka_bootstrap,
+            names.events,
+            args.rate,
+            args.duration,
+            raw_topics=names.raw,
+            raw_share=args.raw_share,
+        )
     )
     print(f"simulator done: {counts}")
     return 0
@@ -139,7 +147,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
-    return run_demo(rate=args.rate, port=args.port, seed=args.seed)
+    return run_demo(rate=args.rate, port=args.port, seed=args.seed, raw_share=args.raw_share)
+
+
+RAW_SHARE_HELP = (
+    "share of valid events sent as FHIR / HL7 v2 / webhook / claims messages on the raw "
+    "topics (HL7 v2 senders are the org ids: list them in REFTRACK_SOURCES_FILE)"
+)
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("a share between 0 and 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=100.0, help="simulated messages per second")
     p.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--raw-share", type=_share, default=0.3, help=RAW_SHARE_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("worker", help="run a pipeline worker")
@@ -174,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write NDJSON to this file instead of sending to Kafka")
     p.add_argument("--referrals", type=int, default=1000, help="with --output: referrals")
     p.add_argument("--days", type=float, default=30.0, help="with --output: days of history")
+    p.add_argument("--raw-share", type=_share, default=0.0, help=RAW_SHARE_HELP)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("produce", help="send a file of events (NDJSON) or HL7 v2 messages to Kafka")

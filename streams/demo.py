@@ -1,8 +1,11 @@
 """`reftrack demo`: the whole pipeline on one machine until Ctrl-C.
 
 Starts the embedded broker, one worker (with its dashboard) and the simulator, prints
-where to look, and stops all three on the way out. The embedded broker keeps data in
-memory only, so each demo starts from a clean `<data_dir>/demo`.
+where to look, and stops all three on the way out. A share of the simulated events
+(`--raw-share`, default 30 %) arrives the way upstream systems send it: FHIR resources,
+HL7 v2 messages, messaging webhooks and claims on the raw topics, read by the adapters.
+The embedded broker keeps data in memory only, so each demo starts from a clean
+`<data_dir>/demo`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import urllib.request
 from streams import simulator
 from streams.broker import EmbeddedBroker, free_port, port_open
 from streams.config import Topics, load_settings
+from streams.upstream.mix import sources_yaml
 
 STATUS_SQL = (
     "SELECT org_id, status, count() AS referrals FROM referral_status "
@@ -36,7 +40,7 @@ def _ready(port: int) -> bool:
         return False
 
 
-def run_demo(rate: float, port: int | None, seed: int) -> int:
+def run_demo(rate: float, port: int | None, seed: int, raw_share: float = 0.3) -> int:
     settings = load_settings()
     data_dir = settings.data_dir.resolve() / "demo"
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -55,6 +59,10 @@ def run_demo(rate: float, port: int | None, seed: int) -> int:
         "REFTRACK_SESSION_TIMEOUT": os.environ.get("REFTRACK_SESSION_TIMEOUT", "6"),
         "REFTRACK_LOG_FORMAT": "text",
     }
+    if settings.sources_file is None:  # place the simulated HL7 v2 senders
+        sources = data_dir / "sources.yaml"
+        sources.write_text(sources_yaml(simulator.SimConfig().orgs))
+        env["REFTRACK_SOURCES_FILE"] = str(sources)
     if settings.pseudonym_key is None:
         env["REFTRACK_PSEUDONYM_KEY"] = secrets.token_hex(32)  # demo only: thrown away at exit
     try:
@@ -98,13 +106,24 @@ def run_demo(rate: float, port: int | None, seed: int) -> int:
   Live numbers from ClickHouse (in another terminal, from this directory):
     REFTRACK_WEB_PORT={web_port} .venv/bin/reftrack query "{STATUS_SQL}"
 
-  Simulating {rate:g} messages/s from {orgs}. Ctrl-C stops everything.
+  Simulating {rate:g} messages/s from {orgs}; {raw_share:.0%} of the events as
+  FHIR / HL7 v2 / webhook / claims messages on the raw topics. Ctrl-C stops everything.
 """,
             flush=True,
         )
         config = simulator.SimConfig(seed=seed)
-        topic = Topics(settings.topic_prefix).events
-        asyncio.run(simulator.run(config, broker.bootstrap, topic, rate, None))
+        names = Topics(settings.topic_prefix)
+        asyncio.run(
+            simulator.run(
+                config,
+                broker.bootstrap,
+                names.events,
+                rate,
+                None,
+                raw_topics=names.raw,
+                raw_share=raw_share,
+            )
+        )
     except KeyboardInterrupt:
         print("\nreftrack demo: stopping ...", flush=True)
     finally:

@@ -35,6 +35,7 @@ from typing import Any
 
 from schemas.errors import ErrorCode
 from schemas.events import EventType, Priority, Source
+from streams.upstream.mix import render, stable_hash
 
 _E = EventType
 _MIN_GAP = timedelta(minutes=1)  # between two events of one referral: order survives rounding
@@ -992,19 +993,24 @@ async def run(
     duration: float | None,
     now_fn: Callable[[], datetime] = _wall_clock,
     log: Callable[[str], Any] = print,
+    raw_topics: dict[str, str] | None = None,
+    raw_share: float = 0.0,
 ) -> dict[str, int]:
     """Send live traffic to Kafka at about `rate` messages/s for `duration` seconds.
 
     `duration=None` runs until cancelled. Messages go out in small batches every tick
     (a token bucket caps the rate); each batch's send futures are awaited together.
-    Returns {"sent", "invalid", "duplicates"}.
+    With `raw_topics` (adapter kind -> topic), about `raw_share` of the valid events go
+    out as the FHIR resource, HL7 v2 message, webhook or claim an upstream system would
+    send instead (streams.upstream). Returns {"sent", "invalid", "duplicates", "raw"}.
     """
     from aiokafka import AIOKafkaProducer
 
     traffic = LiveTraffic(config, rate, now_fn())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await producer.start()
-    counts = {"sent": 0, "invalid": 0, "duplicates": 0}
+    counts = {"sent": 0, "invalid": 0, "duplicates": 0, "raw": 0}
+    share = int(raw_share * 1000) if raw_topics else 0
     tick, burst = 0.05, max(1.0, rate * 0.25)
     started = last = time.monotonic()
     next_log = started + 5.0
@@ -1018,7 +1024,15 @@ async def run(
             batch = traffic.due(int(tokens))
             if batch:
                 tokens -= len(batch)
-                futures = [await producer.send(topic, m.value, key=m.key) for m in batch]
+                futures = []
+                for m in batch:
+                    target, value = topic, m.value
+                    if share and m.valid and stable_hash(m.value.decode()) % 1000 < share:
+                        rendered = render(json.loads(m.value))
+                        if rendered is not None and raw_topics is not None:
+                            target, value = raw_topics[rendered[1]], rendered[2]
+                            counts["raw"] += 1
+                    futures.append(await producer.send(target, value, key=m.key))
                 await asyncio.gather(*futures)
                 counts["sent"] += len(batch)
                 counts["invalid"] += sum(not m.valid for m in batch)
@@ -1027,7 +1041,7 @@ async def run(
                 next_log = now + 5.0
                 log(
                     f"simulator: sent={counts['sent']} invalid={counts['invalid']} "
-                    f"duplicates={counts['duplicates']} "
+                    f"duplicates={counts['duplicates']} raw={counts['raw']} "
                     f"rate={counts['sent'] / max(now - started, 1e-9):.1f}/s "
                     f"referrals={traffic.referrals} pending={traffic.pending} "
                     f"clock={traffic.sim_now.isoformat(timespec='seconds')}"

@@ -5,9 +5,7 @@ one system and a filler id in another is one referral, whichever message comes f
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,42 +13,28 @@ from typing import Any
 import pytest
 
 from streams.simulator import SimConfig, generate
+from streams.upstream.mix import ENCODERS, render, sources_yaml
 from tests.integration.harness import Deployment, Worker, produce, read_topic, wait_for
-from tests.support import claims_encode, comms_encode, fhir_encode, hl7v2_encode
 
 pytestmark = pytest.mark.integration
 
-CANON, MIXED, FACILITY = "canon", "mixed", "MIXEDFAC"
-
-Encoder = Callable[[dict[str, Any]], bytes | None]
-ENCODERS: dict[str, tuple[str, Encoder]] = {
-    "fhir": ("fhir", lambda e: fhir_encode.encode(e, e["org_id"])),
-    "hl7v2": ("hl7v2", lambda e: hl7v2_encode.encode(e, FACILITY)),
-    "webhook": ("comms", lambda e: comms_encode.encode(e)),
-    "twilio": ("comms", lambda e: comms_encode.encode(e, twilio=True)),
-    "claims": ("claims", claims_encode.encode),
-}
+CANON, MIXED = "canon", "mixed"
 
 
 def mixed_traffic(docs: list[dict[str, Any]]) -> tuple[dict[str, list[bytes]], dict[str, int]]:
-    """Each event of the MIXED copy in one of the raw formats that can express it (chosen
-    by a hash of its id), canonical only when none can. Returns messages per topic kind
-    and how many events went each way."""
+    """Each event of the MIXED copy in one of the raw formats that can express it,
+    canonical only when none can. Returns messages per topic kind and how many events
+    went each way."""
     out: dict[str, list[bytes]] = {"canonical": []}
     used: dict[str, int] = {}
     for doc in docs:
         copy = {**doc, "org_id": MIXED}
-        options = []
-        for name, (kind, encoder) in ENCODERS.items():
-            raw = encoder(copy)
-            if raw is not None:
-                options.append((name, kind, raw))
-        if not options:
+        rendered = render(copy)
+        if rendered is None:
             out["canonical"].append(json.dumps(copy).encode())
             used["canonical"] = used.get("canonical", 0) + 1
             continue
-        pick = int(hashlib.sha256(doc["event_id"].encode()).hexdigest(), 16) % len(options)
-        name, kind, raw = options[pick]
+        name, kind, raw = rendered
         out.setdefault(kind, []).append(raw)
         used[name] = used.get(name, 0) + 1
     return out, used
@@ -84,7 +68,7 @@ def test_mixed_raw_sources_give_the_same_results_as_canonical_events(
     assert all(used.get(name, 0) >= 5 for name in ENCODERS), used
 
     sources = tmp_path / "sources.yaml"
-    sources.write_text(f"orgs:\n  {MIXED}:\n    hl7v2_senders: [{FACILITY}]\n")
+    sources.write_text(sources_yaml([MIXED]))
     deployment.extra_env["REFTRACK_SOURCES_FILE"] = str(sources)
     names = {
         "canonical": f"{deployment.prefix}.events.v1",

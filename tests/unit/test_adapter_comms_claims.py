@@ -333,7 +333,7 @@ def _same_event(adapter: Any, raw: bytes, original: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("twilio", [False, True])
 def test_round_trip_comms(twilio: bool) -> None:
-    from tests.support.comms_encode import encode
+    from streams.upstream.comms_encode import encode
 
     events = _simulated({"patient.outreach", "patient.responded"})
     assert len(events) > 100
@@ -348,7 +348,7 @@ def test_round_trip_comms(twilio: bool) -> None:
 
 
 def test_round_trip_claims() -> None:
-    from tests.support.claims_encode import encode
+    from streams.upstream.claims_encode import encode
 
     events = _simulated({"care.out_of_network"})
     assert len(events) > 5

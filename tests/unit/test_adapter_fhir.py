@@ -1,6 +1,6 @@
 """The FHIR R4 adapter (schemas/adapters/fhir.py): published examples and messy variants
 to drafts and canonical events, every rejection code, dead-letter redaction, fuzzing, and
-a round trip through tests/support/fhir_encode.py. Fixtures: tests/fixtures/fhir/README.md.
+a round trip through streams/upstream/fhir_encode.py. Fixtures: tests/fixtures/fhir/README.md.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from schemas.adapters.config import SourceConfig, parse_sources
 from schemas.errors import ErrorCode, EventRejected
 from schemas.events import MAX_TIMESTAMP, parse_event
 from schemas.pseudonym import pseudonymize
-from tests.support.fhir_encode import REFERRAL_SYSTEM, encode
+from streams.upstream.fhir_encode import REFERRAL_SYSTEM, encode
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "fhir"
 # Far enough ahead that no fixture time is "in the future" (SPEC §3 clock skew).

@@ -23,7 +23,7 @@ from schemas.adapters.config import SourceConfig, parse_sources
 from schemas.errors import ErrorCode, EventRejected
 from schemas.events import MAX_TIMESTAMP, parse_event
 from schemas.pseudonym import pseudonymize
-from tests.support.hl7v2_encode import encode
+from streams.upstream.hl7v2_encode import encode
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hl7v2"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
