@@ -8,9 +8,10 @@ with event time driving everything:
 - A window cell belongs to one partition of the tracked topic and counts the distinct
   events of one (org_id, type, minute) seen there. With its count it keeps the highest
   offset it has counted (`max_offset`), in the same record, so the two never disagree. A
-  redelivered message at or below it is already in the count. Faust flushes every
-  changelog write before it commits an offset, so after a crash a message is counted
-  again only if its earlier count was lost with it.
+  redelivered message at or below it is already in the count. The tracker waits for
+  every changelog write of a batch to be acknowledged before the batch's offsets can be
+  committed (Faust itself does not), so after a crash a message is counted again only
+  if its earlier count was lost with it.
 - Each partition also has a progress record with its watermark and `closed_through`,
   the highest `max_offset` of any cell closed so far. A redelivered message whose cell
   is already closed (gone) and whose offset is at or below `closed_through` was counted

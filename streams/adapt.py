@@ -33,6 +33,7 @@ from schemas.events import TrackedEvent, to_tracked
 from schemas.pseudonym import pseudonymize
 from streams.dlq import dead_letter
 from streams.metrics import Metrics
+from streams.table_writes import changelogs_acknowledged
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ class IdLinks:
             if known is None:
                 await self._release(record["parked"], referral_id)
                 self.table[alias] = {"referral_id": referral_id, "parked": []}
+                await changelogs_acknowledged(self.table.app)
             elif known != referral_id:
                 self.metrics.alias_conflicts.inc()
                 log.warning("alias linked to two referrals; the first link is kept")
@@ -223,6 +225,7 @@ class IdLinks:
             return
         self.metrics.adapter_parked.inc()
         self.table[alias] = {"referral_id": None, "parked": [*record["parked"], doc["parked"]]}
+        await changelogs_acknowledged(self.table.app)  # before this message is committed
 
     async def _release(self, parked: list[dict[str, Any]], referral_id: str) -> None:
         """Send parked events under their referral id; acknowledged before the table

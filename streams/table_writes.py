@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from faust.streams import _current_event
-from faust.types import EventT
+from faust.types import AppT, EventT
 
 
 @contextmanager
@@ -24,3 +24,18 @@ def acting_for(event: EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+async def changelogs_acknowledged(app: AppT) -> None:
+    """Wait until the broker has acknowledged every table write made so far.
+
+    Faust sends changelog writes from a buffer without waiting for them, and commits
+    source offsets without waiting either (it flushes only "attached" messages). A
+    SIGKILL between the commit and the send then loses the table writes of events that
+    will never be read again. Awaiting this before a batch's events are acknowledged
+    closes that gap: a committed offset always has its table writes on the broker.
+    """
+    producer = app.producer
+    while producer.buffer.size:
+        await producer.buffer.flush()
+    await producer.flush()

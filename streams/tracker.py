@@ -45,7 +45,7 @@ from schemas.snapshot import status_snapshot
 from streams.clock import Clock
 from streams.dlq import dead_letter
 from streams.metrics import Metrics
-from streams.table_writes import acting_for
+from streams.table_writes import acting_for, changelogs_acknowledged
 from streams.windows import WindowCounter
 
 log = logging.getLogger(__name__)
@@ -300,6 +300,8 @@ class Tracker:
             accepted.extend(entry.accepted)
         self.metrics.deadlines_pending.set(sum(len(o.index) for o in self._owned.values()))
         await self.windows.count(accepted)
+        # The batch's events are acknowledged (so committable) once this returns.
+        await changelogs_acknowledged(self.table.app)
 
     def _count(self, owned: OwnedPartition, entry: Entry) -> None:
         """Keep the open-referral and firing-alert gauges in step with this entry."""
