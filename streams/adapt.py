@@ -31,7 +31,7 @@ from schemas.adapters.config import SourceConfig
 from schemas.errors import ErrorCode, EventRejected
 from schemas.events import TrackedEvent, to_tracked
 from schemas.pseudonym import pseudonymize
-from streams.dlq import dead_letter
+from streams.dlq import send_dead_letter
 from streams.metrics import Metrics
 from streams.table_writes import changelogs_acknowledged
 
@@ -107,21 +107,21 @@ def register_adapters(
     config: SourceConfig,
 ) -> None:
     """One agent per raw topic, all the same code with their own adapter."""
-    for kind, topic in raw_topics.items():
-        _register_one(app, ADAPTERS[kind], topic, tracked, links, dlq, metrics, key, config)
+    for kind, source in raw_topics.items():
+        app.agent(source, name=f"reftrack.adapt.{kind}")(
+            _adapt_agent(ADAPTERS[kind], tracked, links, dlq, metrics, key, config)
+        )
 
 
-def _register_one(
-    app: AppT,
+def _adapt_agent(
     adapter: Adapter,
-    source: TopicT,
     tracked: TopicT,
     links: TopicT,
     dlq: TopicT,
     metrics: Metrics,
     key: bytes,
     config: SourceConfig,
-) -> None:
+) -> Callable[[Any], Any]:
     kind = adapter.kind
 
     async def adapt(stream: Any) -> None:
@@ -156,24 +156,9 @@ def _register_one(
 
     async def _reject(message: Any, code: ErrorCode, detail: str, field_: str | None) -> None:
         metrics.adapter_messages.labels(kind, "rejected").inc()
-        metrics.dlq.labels(code.value).inc()
-        record = dead_letter(
-            raw=message.value,
-            code=code,
-            message=detail,
-            field=field_,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            pseudonym_key=key,
-            redact=adapter.redact,
-        )
-        await dlq.send(key=message.key, value=record)
-        log.info(
-            "rejected %s/%s@%s: %s", message.topic, message.partition, message.offset, code.value
-        )
+        await send_dead_letter(dlq, metrics, message, code, detail, field_, key, adapter.redact)
 
-    app.agent(source, name=f"reftrack.adapt.{kind}")(adapt)
+    return adapt
 
 
 def _link(referral_id: str) -> bytes:
@@ -241,19 +226,16 @@ class IdLinks:
         self.metrics.adapter_released.inc(len(parked))
 
     async def _overflow(self, message: Any, item: TrackedEvent) -> None:
-        code = ErrorCode.UNRESOLVED_REFERRAL
-        self.metrics.dlq.labels(code.value).inc()
-        record = dead_letter(
+        await send_dead_letter(
+            self.dlq,
+            self.metrics,
+            message,
+            ErrorCode.UNRESOLVED_REFERRAL,
+            f"over {MAX_PARKED_PER_ALIAS} events wait for this alias to be linked",
+            None,
+            self.key,
             raw=item.to_json(),
-            code=code,
-            message=f"over {MAX_PARKED_PER_ALIAS} events wait for this alias to be linked",
-            field=None,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            pseudonym_key=self.key,
         )
-        await self.dlq.send(key=message.key, value=record)
 
 
 def register_id_links(app: AppT, links: TopicT, id_links: IdLinks) -> None:

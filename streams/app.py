@@ -122,9 +122,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
     register_adapters(
         app, raw_sources, tracked, idlinks, dlq, metrics, key, load_sources(settings.sources_file)
     )
-    register_id_links(
-        app, idlinks, IdLinks(json_table(ALIAS_TABLE), tracked, dlq, metrics, key)
-    )
+    register_id_links(app, idlinks, IdLinks(json_table(ALIAS_TABLE), tracked, dlq, metrics, key))
     register_tracker(
         app,
         tracked,

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from faust.types import TopicT
+
 from schemas.errors import ErrorCode
 from schemas.pseudonym import pseudonymize
+from streams.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 def redact_patient_id(raw: bytes, key: bytes) -> tuple[bytes, bool]:
@@ -66,3 +72,32 @@ def dead_letter(
         "rejected_at": (now or datetime.now(UTC)).isoformat(timespec="microseconds"),
     }
     return json.dumps(record).encode("utf-8")
+
+
+async def send_dead_letter(
+    dlq: TopicT,
+    metrics: Metrics,
+    message: Any,
+    code: ErrorCode,
+    detail: str,
+    field: str | None,
+    pseudonym_key: bytes,
+    redact: Callable[[bytes, bytes], tuple[bytes, bool]] | None = None,
+    raw: bytes | None = None,
+) -> None:
+    """Dead-letter one consumed Kafka message (or `raw` in its place), counted by code
+    and logged without its content: the one way every agent rejects a message."""
+    metrics.dlq.labels(code.value).inc()
+    record = dead_letter(
+        raw=message.value if raw is None else raw,
+        code=code,
+        message=detail,
+        field=field,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        pseudonym_key=pseudonym_key,
+        redact=redact,
+    )
+    await dlq.send(key=message.key, value=record)
+    log.info("rejected %s/%s@%s: %s", message.topic, message.partition, message.offset, code.value)

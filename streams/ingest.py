@@ -18,7 +18,7 @@ from faust.types import AppT, TopicT
 from schemas.errors import ErrorCode, EventRejected
 from schemas.events import TrackedEvent, parse_event, to_tracked
 from schemas.pseudonym import pseudonymize
-from streams.dlq import dead_letter
+from streams.dlq import send_dead_letter
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -59,20 +59,6 @@ def register_ingest(
             )
 
     async def _reject(message: Any, code: ErrorCode, detail: str, field: str | None) -> None:
-        metrics.dlq.labels(code.value).inc()
-        record = dead_letter(
-            raw=message.value,
-            code=code,
-            message=detail,
-            field=field,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            pseudonym_key=key,
-        )
-        await dlq.send(key=message.key, value=record)
-        log.info(
-            "rejected %s/%s@%s: %s", message.topic, message.partition, message.offset, code.value
-        )
+        await send_dead_letter(dlq, metrics, message, code, detail, field, key)
 
     return app.agent(source, name="reftrack.ingest")(ingest)

@@ -43,7 +43,7 @@ from schemas.referral import ReferralState, new_state
 from schemas.sla import SlaPolicy
 from schemas.snapshot import status_snapshot
 from streams.clock import Clock
-from streams.dlq import dead_letter
+from streams.dlq import send_dead_letter
 from streams.metrics import Metrics
 from streams.table_writes import acting_for, changelogs_acknowledged
 from streams.windows import WindowCounter
@@ -391,19 +391,14 @@ class Tracker:
             message.offset,
             type(exc).__name__,
         )
-        self.metrics.dlq.labels(ErrorCode.INTERNAL_ERROR.value).inc()
-        await self.dlq.send(
-            key=message.key,
-            value=dead_letter(
-                raw=message.value,
-                code=ErrorCode.INTERNAL_ERROR,
-                message=f"tracker failed: {type(exc).__name__}",
-                field=None,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                pseudonym_key=self.pseudonym_key,
-            ),
+        await send_dead_letter(
+            self.dlq,
+            self.metrics,
+            message,
+            ErrorCode.INTERNAL_ERROR,
+            f"tracker failed: {type(exc).__name__}",
+            None,
+            self.pseudonym_key,
         )
 
 
