@@ -108,14 +108,25 @@ def _json_or_text(body: bytes) -> Any:
 class Worker:
     """A `reftrack worker` subprocess."""
 
-    def __init__(self, deployment: Deployment, name: str = "worker") -> None:
+    def __init__(
+        self, deployment: Deployment, name: str = "worker", own_state: bool = False
+    ) -> None:
+        """`own_state`: a worker of its own machine, as one of several in the group: its
+        own data dir (Faust tables, embedded ClickHouse) under `<data dir>/<name>` and its
+        own web port. A restart with the same name finds the same state."""
         self.deployment = deployment
         deployment.data_dir.mkdir(parents=True, exist_ok=True)
+        env = deployment.env()
+        self.web_port = deployment.web_port
+        if own_state:
+            self.web_port = free_port()
+            env["REFTRACK_DATA_DIR"] = str(deployment.data_dir / name)
+            env["REFTRACK_WEB_PORT"] = str(self.web_port)
         self.log_path = deployment.data_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker"],
-            env=deployment.env(),
+            env=env,
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -124,7 +135,7 @@ class Worker:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.deployment.web_port}"
+        return f"http://127.0.0.1:{self.web_port}"
 
     def get(self, path: str) -> tuple[int, Any]:
         try:
