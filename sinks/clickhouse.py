@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import clickhouse_connect
 
@@ -32,12 +32,78 @@ def scrub(text: str) -> str:
     return _CREDENTIALS.sub(r"\1***@", text)
 
 
-def server_dsn(dsn: str) -> str:
-    """The DSN without a database path: reftrack creates its database itself."""
-    if dsn.startswith("chdb://"):
-        return dsn
+# DSN query parameters that configure the client (TLS, timeouts, compression); any other
+# parameter is a ClickHouse setting sent with every query (e.g. ?max_execution_time=60).
+CLIENT_PARAMETERS = {
+    "verify": "bool",
+    "ca_cert": "str",
+    "client_cert": "str",
+    "client_cert_key": "str",
+    "server_host_name": "str",
+    "connect_timeout": "float",
+    "send_receive_timeout": "float",
+    "compress": "bool",
+}
+
+
+class DsnError(ValueError):
+    """An http(s) DSN reftrack cannot use; the message carries no credentials."""
+
+
+def http_client_args(dsn: str) -> dict[str, Any]:
+    """clickhouse-connect `get_client` arguments for an `http(s)://` DSN.
+
+    `https` means TLS (server certificate verified unless `?verify=false`; `?ca_cert=`
+    for a private CA, `?client_cert=`/`?client_cert_key=` for mutual TLS). User and
+    password may be percent-encoded. Default ports: 8123 (http), 8443 (https). The path,
+    if any, must name REFTRACK_CLICKHOUSE_DATABASE (checked at start): reftrack creates
+    and selects its database itself, so it is not passed here.
+    """
     parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
+    if parts.scheme not in ("http", "https"):
+        raise DsnError(f"expected http:// or https://, got {parts.scheme or 'no'} scheme")
+    if not parts.hostname:
+        raise DsnError("the DSN names no host")
+    secure = parts.scheme == "https"
+    try:
+        port = parts.port or (8443 if secure else 8123)
+    except ValueError:
+        raise DsnError("the DSN's port is not a number from 1 to 65535") from None
+    args: dict[str, Any] = {
+        "interface": parts.scheme,
+        "host": parts.hostname,
+        "port": port,
+        "secure": secure,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else "",
+        "database": None,
+        "settings": {},
+    }
+    for name, values in parse_qs(parts.query, keep_blank_values=True).items():
+        value = values[-1]
+        kind = CLIENT_PARAMETERS.get(name)
+        if kind is None:
+            args["settings"][name] = value
+        elif kind == "bool":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise DsnError(f"?{name}= must be true or false")
+            args[name] = value.lower() in ("true", "1")
+        elif kind == "float":
+            try:
+                args[name] = float(value)
+            except ValueError:
+                raise DsnError(f"?{name}= must be a number of seconds") from None
+        else:
+            args[name] = value
+    if not secure and any(k in args for k in ("ca_cert", "client_cert", "client_cert_key")):
+        raise DsnError("TLS parameters given for an http:// DSN: use https://")
+    return args
+
+
+def dsn_database(dsn: str) -> str | None:
+    """The database a server DSN's path names, if any."""
+    path = urlsplit(dsn).path.strip("/")
+    return unquote(path) if path else None
 
 
 def is_read_only(sql: str) -> bool:
@@ -62,7 +128,10 @@ class ClickHouse:
     def _connect(self) -> Any:
         if self._client is None:
             try:
-                self._client = clickhouse_connect.get_client(dsn=server_dsn(self.dsn))
+                if self.dsn.startswith("chdb://"):
+                    self._client = clickhouse_connect.get_client(dsn=self.dsn)
+                else:
+                    self._client = clickhouse_connect.get_client(**http_client_args(self.dsn))
             except Exception as exc:  # the driver raises many kinds
                 raise ClickHouseError(
                     f"cannot connect to {self.describe()}: {scrub(str(exc))}"

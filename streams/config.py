@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.adapters.config import SourcesConfigError, load_sources
 from schemas.sla import SlaConfigError, load_policy
+from sinks.clickhouse import DsnError, dsn_database, http_client_args
 from streams.clock import Clock
 
 MIN_PSEUDONYM_KEY_BYTES = 16
@@ -107,8 +108,24 @@ class Settings(BaseSettings):
                 raise ValueError("an embedded DSN is chdb:///absolute/path")
             return value
         if value.startswith(("http://", "https://")):
+            try:
+                http_client_args(value)
+            except DsnError as exc:
+                raise ValueError(str(exc)) from None
             return value
         raise ValueError("expected chdb:///abs/path or http(s)://user:pass@host:port/")
+
+    @model_validator(mode="after")
+    def _dsn_database(self) -> Settings:
+        dsn = self.clickhouse_dsn
+        named = dsn_database(dsn) if dsn and not dsn.startswith("chdb://") else None
+        if named is not None and named != self.clickhouse_database:
+            raise ValueError(
+                f"REFTRACK_CLICKHOUSE_DSN names database {named!r} but "
+                f"REFTRACK_CLICKHOUSE_DATABASE is {self.clickhouse_database!r}: drop the "
+                "path from the DSN or make them agree"
+            )
+        return self
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> Settings:
