@@ -33,7 +33,7 @@ from schemas.events import TrackedEvent, to_tracked
 from schemas.pseudonym import pseudonymize
 from streams.dlq import send_dead_letter
 from streams.metrics import Metrics
-from streams.table_writes import changelogs_acknowledged
+from streams.table_writes import ChangelogWrites
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,7 @@ class IdLinks:
         self.dlq = dlq
         self.metrics = metrics
         self.key = key
+        self._writes = ChangelogWrites(table)
 
     async def on_message(self, message: Any) -> None:
         alias = message.key.decode("utf-8")
@@ -196,7 +197,7 @@ class IdLinks:
             if known is None:
                 await self._release(record["parked"], referral_id)
                 self.table[alias] = {"referral_id": referral_id, "parked": []}
-                await changelogs_acknowledged(self.table.app)
+                await self._writes.acknowledged()
             elif known != referral_id:
                 self.metrics.alias_conflicts.inc()
                 log.warning("alias linked to two referrals; the first link is kept")
@@ -210,7 +211,7 @@ class IdLinks:
             return
         self.metrics.adapter_parked.inc()
         self.table[alias] = {"referral_id": None, "parked": [*record["parked"], doc["parked"]]}
-        await changelogs_acknowledged(self.table.app)  # before this message is committed
+        await self._writes.acknowledged()  # before this message is committed
 
     async def _release(self, parked: list[dict[str, Any]], referral_id: str) -> None:
         """Send parked events under their referral id; acknowledged before the table

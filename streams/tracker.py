@@ -45,7 +45,7 @@ from schemas.snapshot import status_snapshot
 from streams.clock import Clock
 from streams.dlq import send_dead_letter
 from streams.metrics import Metrics
-from streams.table_writes import acting_for, changelogs_acknowledged
+from streams.table_writes import ChangelogWrites, acting_for
 from streams.windows import WindowCounter
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,11 @@ class Tracker:
     clock: Clock = field(default_factory=lambda: Clock("wall"))
     _owned: dict[int, OwnedPartition] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        # Every write of the referral and window tables, to wait for before a batch's
+        # events are acknowledged (see table_writes.ChangelogWrites).
+        self._writes = ChangelogWrites(self.table, self.windows.table)
 
     # -- events -----------------------------------------------------------------------
 
@@ -301,7 +306,7 @@ class Tracker:
         self.metrics.deadlines_pending.set(sum(len(o.index) for o in self._owned.values()))
         await self.windows.count(accepted)
         # The batch's events are acknowledged (so committable) once this returns.
-        await changelogs_acknowledged(self.table.app)
+        await self._writes.acknowledged()
 
     def _count(self, owned: OwnedPartition, entry: Entry) -> None:
         """Keep the open-referral and firing-alert gauges in step with this entry."""
