@@ -39,8 +39,8 @@ typecheck: venv
 schema: venv
 	$(BIN)/python -m schemas.export
 
-## Benchmark: KPI view latency on 1.5 M referrals / 10 M events in chDB (takes minutes;
-## rewrites docs/performance.md).
+## Benchmarks (take minutes; each rewrites its section of docs/performance.md): KPI view
+## latency, alert tick, adapter throughput, pipeline throughput and freshness, recovery.
 bench: venv
 	$(BIN)/python -m bench.kpi_views
 	$(BIN)/python -m bench.alert_tick
