@@ -407,7 +407,11 @@ class TrackedEvent:
     @classmethod
     def from_json(cls, raw: bytes | str) -> TrackedEvent:
         """Decode a message the pipeline itself wrote (already validated)."""
-        d = json.loads(raw)
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrackedEvent:
+        """The event from its decoded JSON (as `to_json` wrote it)."""
         return cls(
             event_id=d["event_id"],
             org_id=d["org_id"],

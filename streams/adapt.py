@@ -202,7 +202,7 @@ class IdLinks:
                 self.metrics.alias_conflicts.inc()
                 log.warning("alias linked to two referrals; the first link is kept")
             return
-        item = TrackedEvent.from_json(json.dumps(doc["parked"]))
+        item = TrackedEvent.from_dict(doc["parked"])
         if known is not None:
             await self._release([doc["parked"]], known)
             return
@@ -218,7 +218,7 @@ class IdLinks:
         forgets them, so a crash in between sends them again (the tracker dedups)."""
         futures = []
         for raw in parked:
-            item = replace(TrackedEvent.from_json(json.dumps(raw)), referral_id=referral_id)
+            item = replace(TrackedEvent.from_dict(raw), referral_id=referral_id)
             futures.append(
                 await self.tracked.send(key=item.referral_key.encode("utf-8"), value=item.to_json())
             )
