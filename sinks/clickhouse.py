@@ -17,6 +17,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import clickhouse_connect
 
+from sinks.cluster import CLUSTER_SETTINGS, ClusterLayout
+
 T = TypeVar("T")
 
 _CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
@@ -100,6 +102,22 @@ def http_client_args(dsn: str) -> dict[str, Any]:
     return args
 
 
+def chdb_client_args(dsn: str) -> dict[str, Any]:
+    """clickhouse-connect `get_client` arguments for a `chdb:///abs/path` DSN.
+
+    `?config_file=/abs/config.xml` gives the embedded engine a ClickHouse configuration
+    file (server settings, macros, clusters: the cluster DDL test uses it); no other
+    parameter is accepted.
+    """
+    parts = urlsplit(dsn)
+    options: dict[str, str] = {}
+    for name, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if name != "config_file":
+            raise DsnError(f"unknown parameter ?{name}= for chdb:// (only ?config_file=)")
+        options["config-file"] = values[-1]
+    return {"interface": "chdb", "path": unquote(parts.path), "chdb_options": options or None}
+
+
 def dsn_database(dsn: str) -> str | None:
     """The database a server DSN's path names, if any."""
     path = urlsplit(dsn).path.strip("/")
@@ -112,11 +130,17 @@ def is_read_only(sql: str) -> bool:
 
 
 class ClickHouse:
-    """A clickhouse-connect client owned by one thread."""
+    """A clickhouse-connect client owned by one thread.
 
-    def __init__(self, dsn: str, database: str) -> None:
+    `cluster`, when given, is the layout migrations create (sinks/cluster.py); every
+    statement and insert then carries its settings (synchronous distributed inserts).
+    """
+
+    def __init__(self, dsn: str, database: str, cluster: ClusterLayout | None = None) -> None:
         self.dsn = dsn
         self.database = database
+        self.cluster = cluster
+        self._settings: dict[str, Any] = dict(CLUSTER_SETTINGS) if cluster else {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = None
 
@@ -129,7 +153,7 @@ class ClickHouse:
         if self._client is None:
             try:
                 if self.dsn.startswith("chdb://"):
-                    self._client = clickhouse_connect.get_client(dsn=self.dsn)
+                    self._client = clickhouse_connect.get_client(**chdb_client_args(self.dsn))
                 else:
                     self._client = clickhouse_connect.get_client(**http_client_args(self.dsn))
             except Exception as exc:  # the driver raises many kinds
@@ -147,16 +171,16 @@ class ClickHouse:
 
     def command(self, sql: str) -> Any:
         try:
-            return self._connect().command(sql)
+            return self._connect().command(sql, settings=self._settings or None)
         except ClickHouseError:
             raise
         except Exception as exc:
             raise ClickHouseError(scrub(str(exc))) from None
 
     def query(self, sql: str, read_only: bool = False) -> tuple[list[str], list[Sequence[Any]]]:
-        settings = {"readonly": 1} if read_only else None
+        settings = {"readonly": 1} if read_only else self._settings
         try:
-            result = self._connect().query(sql, settings=settings)
+            result = self._connect().query(sql, settings=settings or None)
         except ClickHouseError:
             raise
         except Exception as exc:
@@ -165,7 +189,12 @@ class ClickHouse:
 
     def insert(self, table: str, rows: list[Sequence[Any]], columns: Sequence[str]) -> None:
         try:
-            self._connect().insert(f"{self.database}.{table}", rows, column_names=list(columns))
+            self._connect().insert(
+                f"{self.database}.{table}",
+                rows,
+                column_names=list(columns),
+                settings=self._settings or None,
+            )
         except ClickHouseError:
             raise
         except Exception as exc:

@@ -20,12 +20,17 @@ def set_refresh_interval(ch: ClickHouse, seconds: int) -> None:
     if seconds < 1:
         raise ValueError("the KPI refresh interval is at least 1 second")
     for view in KPI_VIEWS:
-        ch.command(f"ALTER TABLE {ch.database}.{view} MODIFY REFRESH EVERY {int(seconds)} SECOND")
+        action = f"MODIFY REFRESH EVERY {int(seconds)} SECOND"
+        if ch.cluster is not None:  # every node keeps (and refreshes) its own copy
+            ch.command(ch.cluster.alter(ch.database, view, action))
+        else:
+            ch.command(f"ALTER TABLE {ch.database}.{view} {action}")
 
 
 def refresh_now(ch: ClickHouse) -> None:
-    """Recompute the three views now and return when every one is done (`reftrack
-    refresh`, and after a replay)."""
+    """Recompute the three views now and return when every one is done (after a
+    replay). On a cluster: the connected node's copies (ClickHouse has no ON CLUSTER
+    form of SYSTEM REFRESH VIEW); the others follow on their schedule."""
     for view in KPI_VIEWS:
         ch.command(f"SYSTEM REFRESH VIEW {ch.database}.{view}")
     for view in KPI_VIEWS:

@@ -138,7 +138,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         windows.forget(numbers)
         tracker.forget(numbers)
 
-    clickhouse = ClickHouse(settings.dsn, settings.clickhouse_database)
+    clickhouse = settings.clickhouse()
 
     def sink(name: str, topic: str, *targets: SinkTarget) -> TopicSink:
         return TopicSink(

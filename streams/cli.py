@@ -49,11 +49,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from sinks.clickhouse import ClickHouse
     from sinks.migrate import migrate
 
     settings = _settings()
-    ch = ClickHouse(settings.dsn, settings.clickhouse_database)
+    ch = settings.clickhouse()
     try:
         applied = migrate(ch)
     finally:

@@ -15,7 +15,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.adapters.config import SourcesConfigError, load_sources
 from schemas.sla import SlaConfigError, load_policy
-from sinks.clickhouse import DsnError, dsn_database, http_client_args
+from sinks.clickhouse import (
+    ClickHouse,
+    DsnError,
+    chdb_client_args,
+    dsn_database,
+    http_client_args,
+)
+from sinks.cluster import ClusterLayout
 from streams.clock import Clock
 
 MIN_PSEUDONYM_KEY_BYTES = 16
@@ -37,6 +44,25 @@ class Settings(BaseSettings):
         "http(s)://user:pass@host:port/",
     )
     clickhouse_database: str = Field("reftrack", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    clickhouse_cluster: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="create tables ON CLUSTER (Replicated*MergeTree `<t>_local` with a "
+        "Distributed `<t>` in front; docs/operations.md); unset: one server",
+    )
+    clickhouse_replicated: bool = Field(
+        True, description="with a cluster: replicated local tables (false: shards only)"
+    )
+    clickhouse_replica_path: str = Field(
+        "",
+        description="with a cluster: Keeper path of each local table; empty: the "
+        "server's default_replica_path (/clickhouse/tables/{uuid}/{shard})",
+    )
+    clickhouse_migrate_on_start: bool = Field(
+        True,
+        description="apply pending migrations at worker start; false: refuse to start "
+        "until `reftrack migrate` has run (one migrator at a time)",
+    )
     data_dir: Path = Field(
         Path("./var"), description="local state: Faust tables, embedded ClickHouse"
     )
@@ -106,6 +132,10 @@ class Settings(BaseSettings):
         if value.startswith("chdb://"):
             if not value.startswith("chdb:///"):
                 raise ValueError("an embedded DSN is chdb:///absolute/path")
+            try:
+                chdb_client_args(value)
+            except DsnError as exc:
+                raise ValueError(str(exc)) from None
             return value
         if value.startswith(("http://", "https://")):
             try:
@@ -124,6 +154,15 @@ class Settings(BaseSettings):
                 f"REFTRACK_CLICKHOUSE_DSN names database {named!r} but "
                 f"REFTRACK_CLICKHOUSE_DATABASE is {self.clickhouse_database!r}: drop the "
                 "path from the DSN or make them agree"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_server(self) -> Settings:
+        if self.clickhouse_cluster and self.embedded_clickhouse:
+            raise ValueError(
+                "REFTRACK_CLICKHOUSE_CLUSTER needs a ClickHouse server "
+                "(REFTRACK_CLICKHOUSE_DSN=http(s)://...): the embedded engine has no cluster"
             )
         return self
 
@@ -151,6 +190,20 @@ class Settings(BaseSettings):
     @property
     def embedded_clickhouse(self) -> bool:
         return self.dsn.startswith("chdb://")
+
+    @property
+    def cluster_layout(self) -> ClusterLayout | None:
+        if not self.clickhouse_cluster:
+            return None
+        return ClusterLayout(
+            self.clickhouse_cluster,
+            replicated=self.clickhouse_replicated,
+            replica_path=self.clickhouse_replica_path,
+        )
+
+    def clickhouse(self) -> ClickHouse:
+        """A client for reftrack's database, in the configured layout."""
+        return ClickHouse(self.dsn, self.clickhouse_database, self.cluster_layout)
 
     @property
     def pseudonym_key_bytes(self) -> bytes:

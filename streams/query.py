@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from sinks.clickhouse import ClickHouse, ClickHouseError, is_read_only
+from sinks.clickhouse import ClickHouseError, is_read_only
 from streams.config import Settings, is_loopback
 
 
@@ -63,7 +63,7 @@ def run_query(settings: Settings, sql: str, max_rows: int = 10_000) -> tuple[lis
         result = query_worker(settings, sql, max_rows=max_rows)
         if result is not None:
             return result
-    ch = ClickHouse(settings.dsn, settings.clickhouse_database)
+    ch = settings.clickhouse()
     try:
         columns, rows = ch.query(sql, read_only=True)
     except ClickHouseError as exc:

@@ -16,7 +16,6 @@ import asyncio
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from sinks.clickhouse import ClickHouse
 from sinks.kpi_refresh import KPI_VIEWS, refresh_now
 from sinks.migrate import migrate
 from streams.config import Settings, Topics
@@ -64,11 +63,14 @@ async def rewind_group(bootstrap: str, group: str, topic: str) -> int:
 def replay(settings: Settings) -> list[str]:
     """Empty the sink tables and rewind the sink groups; return what was done."""
     done = []
-    ch = ClickHouse(settings.dsn, settings.clickhouse_database)
+    ch = settings.clickhouse()
     try:
         migrate(ch)
         for table in SINK_TABLES:
-            ch.command(f"TRUNCATE TABLE IF EXISTS {settings.clickhouse_database}.{table}")
+            if ch.cluster is not None:
+                ch.command(ch.cluster.truncate(ch.database, table))
+            else:
+                ch.command(f"TRUNCATE TABLE IF EXISTS {ch.database}.{table}")
             done.append(f"emptied {settings.clickhouse_database}.{table}")
         refresh_now(ch)  # the KPI views now say "empty", not the numbers from before
         done.append("recomputed " + ", ".join(KPI_VIEWS))

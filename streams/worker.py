@@ -13,16 +13,32 @@ import logging
 
 import faust
 
+from sinks.clickhouse import ClickHouse
 from sinks.kpi_refresh import set_refresh_interval
-from sinks.migrate import migrate
+from sinks.migrate import Migration, migrate, pending
 from streams import local_state
 from streams.app import create_pipeline
-from streams.config import Settings
+from streams.config import ConfigError, Settings
 from streams.logs import configure, logging_config
 from streams.topics import ensure_topics
 from streams.web import WebService
 
 log = logging.getLogger(__name__)
+
+
+def prepare_schema(ch: ClickHouse, migrate_on_start: bool) -> list[Migration]:
+    """Apply pending migrations, or (REFTRACK_CLICKHOUSE_MIGRATE_ON_START=false, where
+    `reftrack migrate` runs once before the workers) refuse to start without them."""
+    if migrate_on_start:
+        return migrate(ch)
+    missing = pending(ch)
+    if missing:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
+        raise ConfigError(
+            f"ClickHouse database {ch.database} lacks migrations {names} and "
+            "REFTRACK_CLICKHOUSE_MIGRATE_ON_START is false: run `reftrack migrate` once"
+        )
+    return []
 
 
 def run_worker(settings: Settings) -> int:
@@ -32,7 +48,7 @@ def run_worker(settings: Settings) -> int:
     local_state.prepare(settings.state_dir)
     pipeline = create_pipeline(settings)
     ch = pipeline.clickhouse
-    applied = ch._executor.submit(migrate, ch).result()
+    applied = ch._executor.submit(prepare_schema, ch, settings.clickhouse_migrate_on_start).result()
     ch._executor.submit(set_refresh_interval, ch, settings.kpi_refresh_seconds).result()
     log.info("clickhouse %s ready (%d migrations applied)", ch.describe(), len(applied))
     web = WebService(pipeline)

@@ -11,8 +11,10 @@ import pytest
 from schemas.events import TrackedEvent, to_micros
 from sinks.clickhouse import ClickHouse
 from sinks.kpi_refresh import KPI_VIEWS, refresh_now, refresh_status, set_refresh_interval
-from sinks.migrate import applied_versions, available, migrate
+from sinks.migrate import applied_versions, available, migrate, pending
 from sinks.rows import EVENT_COLUMNS, REFERRAL_STATE_COLUMNS, event_rows
+from streams.config import ConfigError
+from streams.worker import prepare_schema
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +164,25 @@ def test_events_move_to_monthly_partitions_keeping_rows(clickhouse: ClickHouse) 
         assert total == [(2,)]
     finally:
         ch.close_blocking()
+
+
+def test_a_worker_that_must_not_migrate_refuses_a_database_behind(
+    clickhouse: ClickHouse,
+) -> None:
+    """REFTRACK_CLICKHOUSE_MIGRATE_ON_START=false: `reftrack migrate` runs once, workers
+    check. A worker finding migrations missing stops with what to do, not a half schema."""
+    ch = ClickHouse(clickhouse.dsn, "reftrack_check_only_test")  # same engine
+    ch._client = clickhouse._connect()
+    everything = [m.version for m in available()]
+    assert [m.version for m in pending(ch)] == everything  # no database yet
+    with pytest.raises(
+        ConfigError, match="lacks migrations 0001_referral_state, .*reftrack migrate"
+    ):
+        prepare_schema(ch, migrate_on_start=False)
+    migrate(ch, target=4)
+    assert [m.version for m in pending(ch)] == everything[4:]
+    with pytest.raises(ConfigError, match="lacks migrations 0005_kpi_precomputed, 0006"):
+        prepare_schema(ch, migrate_on_start=False)
+    assert [m.version for m in prepare_schema(ch, migrate_on_start=True)] == everything[4:]
+    assert pending(ch) == []
+    assert prepare_schema(ch, migrate_on_start=False) == []
