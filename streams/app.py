@@ -60,6 +60,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{s.strip()}" for s in settings.kafka_bootstrap.split(",")],
+        broker_credentials=settings.kafka_security.faust_credentials(),
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(settings.state_dir),
         topic_partitions=settings.partitions,
@@ -152,6 +153,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
             batch_rows=settings.sink_batch_rows,
             flush_seconds=settings.sink_flush_seconds,
             session_timeout=session,
+            consumer_options=settings.kafka_options(),
         )
 
     sinks = [

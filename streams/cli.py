@@ -101,7 +101,13 @@ def cmd_produce(args: argparse.Namespace) -> int:
     topic = args.topic or (names.events if args.source == "canonical" else names.raw[args.source])
     framing = "hl7v2" if args.source == "hl7v2" else "lines"
     sent = asyncio.run(
-        produce_file(Path(args.file), settings.kafka_bootstrap, topic, framing=framing)
+        produce_file(
+            Path(args.file),
+            settings.kafka_bootstrap,
+            topic,
+            framing=framing,
+            kafka_options=settings.kafka_options(),
+        )
     )
     print(f"sent {sent} messages to {topic}")
     return 0
@@ -137,6 +143,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             args.duration,
             raw_topics=names.raw,
             raw_share=args.raw_share,
+            kafka_options=settings.kafka_options(),
         )
     )
     print(f"simulator done: {counts}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +24,7 @@ from sinks.clickhouse import (
 )
 from sinks.cluster import ClusterLayout
 from streams.clock import Clock
+from streams.kafka_security import KafkaSecurity, KafkaSecurityError, Mechanism, Protocol
 
 MIN_PSEUDONYM_KEY_BYTES = 16
 
@@ -38,6 +39,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REFTRACK_", extra="ignore", frozen=True)
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,...] of the brokers")
+    kafka_security_protocol: Protocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (docs/security.md)"
+    )
+    kafka_sasl_mechanism: Mechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="PEM CA bundle; unset: the system's")
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
     clickhouse_dsn: str | None = Field(
         None,
         description="chdb:///abs/path (embedded; default <data_dir>/clickhouse) or "
@@ -158,6 +170,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        try:
+            self.kafka_security.check()
+        except KafkaSecurityError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
     def _cluster_needs_a_server(self) -> Settings:
         if self.clickhouse_cluster and self.embedded_clickhouse:
             raise ValueError(
@@ -190,6 +210,24 @@ class Settings(BaseSettings):
     @property
     def embedded_clickhouse(self) -> bool:
         return self.dsn.startswith("chdb://")
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+            ssl_key_password=self.kafka_ssl_key_password,
+            ssl_check_hostname=self.kafka_ssl_check_hostname,
+        )
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Security keyword arguments for an aiokafka client (streams/kafka_security.py)."""
+        return self.kafka_security.client_options()
 
     @property
     def cluster_layout(self) -> ClusterLayout | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -50,10 +51,18 @@ def _messages(path: Path, framing: str) -> Iterator[tuple[bytes | None, bytes]]:
 
 
 async def produce_file(
-    path: Path, bootstrap: str, topic: str, batch: int = 500, framing: str = "lines"
+    path: Path,
+    bootstrap: str,
+    topic: str,
+    batch: int = 500,
+    framing: str = "lines",
+    kafka_options: dict[str, Any] | None = None,
 ) -> int:
-    """Send every message of the file; return how many the broker acknowledged."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    """Send every message of the file; return how many the broker acknowledged.
+    `kafka_options`: TLS/SASL (Settings.kafka_options)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, **(kafka_options or {})
+    )
     await producer.start()
     sent = 0
     try:

@@ -13,6 +13,7 @@ holds it, and a live sink group cannot be moved.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -38,10 +39,15 @@ def sink_groups(settings: Settings) -> dict[str, str]:
     }
 
 
-async def rewind_group(bootstrap: str, group: str, topic: str) -> int:
+async def rewind_group(
+    bootstrap: str, group: str, topic: str, kafka_options: dict[str, Any] | None = None
+) -> int:
     """Commit the earliest offsets of `topic` for `group`; return the partitions moved."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        **(kafka_options or {}),
     )
     await consumer.start()
     try:
@@ -77,6 +83,8 @@ def replay(settings: Settings) -> list[str]:
     finally:
         ch.close_blocking()
     for group, topic in sink_groups(settings).items():
-        moved = asyncio.run(rewind_group(settings.kafka_bootstrap, group, topic))
+        moved = asyncio.run(
+            rewind_group(settings.kafka_bootstrap, group, topic, settings.kafka_options())
+        )
         done.append(f"rewound {group} to the start of {topic} ({moved} partitions)")
     return done

@@ -995,6 +995,7 @@ async def run(
     log: Callable[[str], Any] = print,
     raw_topics: dict[str, str] | None = None,
     raw_share: float = 0.0,
+    kafka_options: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """Send live traffic to Kafka at about `rate` messages/s for `duration` seconds.
 
@@ -1007,7 +1008,9 @@ async def run(
     from aiokafka import AIOKafkaProducer
 
     traffic = LiveTraffic(config, rate, now_fn())
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, acks="all", **(kafka_options or {})
+    )
     await producer.start()
     counts = {"sent": 0, "invalid": 0, "duplicates": 0, "raw": 0}
     share = int(raw_share * 1000) if raw_topics else 0

@@ -39,7 +39,9 @@ def wanted_topics(settings: Settings) -> list[NewTopic]:
 
 async def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=int(timeout * 1000),
+        **settings.kafka_options(),
     )
     try:
         await asyncio.wait_for(admin.start(), timeout)

@@ -62,9 +62,10 @@ def run_worker(settings: Settings) -> int:
         quiet=True,
     )
     log.info(
-        "worker %s starting: kafka=%s topics=%s.* web=http://%s:%s/",
+        "worker %s starting: kafka=%s (%s) topics=%s.* web=http://%s:%s/",
         settings.app_id,
         settings.kafka_bootstrap,
+        settings.kafka_security.describe(),
         settings.topic_prefix,
         settings.web_bind,
         settings.web_port,
