@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     kpi_refresh_seconds: int = Field(
         30, ge=1, description="how often kpi_summary, kpi_daily and stage_stats are recomputed"
     )
+    event_retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="days `events` and `event_rates` rows stay in ClickHouse (TTL by event "
+        "time); unset: kept (sinks/retention.py)",
+    )
     kafka_fetch_max_wait_ms: int = Field(
         100, ge=1, le=30_000, description="longest the broker may hold a fetch (all consumers)"
     )

@@ -16,6 +16,7 @@ import faust
 from sinks.clickhouse import ClickHouse
 from sinks.kpi_refresh import set_refresh_interval
 from sinks.migrate import Migration, migrate, pending
+from sinks.retention import set_retention
 from streams import local_state
 from streams.app import create_pipeline
 from streams.config import ConfigError, Settings
@@ -50,6 +51,13 @@ def run_worker(settings: Settings) -> int:
     ch = pipeline.clickhouse
     applied = ch._executor.submit(prepare_schema, ch, settings.clickhouse_migrate_on_start).result()
     ch._executor.submit(set_refresh_interval, ch, settings.kpi_refresh_seconds).result()
+    retention = ch._executor.submit(set_retention, ch, settings.event_retention_days).result()
+    if retention:
+        log.info(
+            "event retention set to %s days on %s",
+            settings.event_retention_days or "unlimited",
+            ", ".join(retention),
+        )
     log.info("clickhouse %s ready (%d migrations applied)", ch.describe(), len(applied))
     web = WebService(pipeline)
     worker = faust.Worker(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from schemas.events import TrackedEvent, to_micros
 from sinks.clickhouse import ClickHouse
 from sinks.kpi_refresh import KPI_VIEWS, refresh_now, refresh_status, set_refresh_interval
 from sinks.migrate import applied_versions, available, migrate, pending
+from sinks.retention import set_retention
 from sinks.rows import EVENT_COLUMNS, REFERRAL_STATE_COLUMNS, event_rows
 from streams.config import ConfigError
 from streams.worker import prepare_schema
@@ -186,3 +187,54 @@ def test_a_worker_that_must_not_migrate_refuses_a_database_behind(
     assert [m.version for m in prepare_schema(ch, migrate_on_start=True)] == everything[4:]
     assert pending(ch) == []
     assert prepare_schema(ch, migrate_on_start=False) == []
+
+
+def test_event_retention_drops_old_event_rows_only(clickhouse: ClickHouse) -> None:
+    """REFTRACK_EVENT_RETENTION_DAYS: a TTL by event time on `events` and `event_rates`,
+    applied to stored rows too; referral-level tables keep everything; unset removes it."""
+    ch = ClickHouse(clickhouse.dsn, "reftrack_retention_test")  # same engine
+    ch._client = clickhouse._connect()
+    migrate(ch)
+    now = datetime.now(UTC).replace(microsecond=0)
+    old, recent = now - timedelta(days=400), now - timedelta(days=3)
+    columns = [c for c in EVENT_COLUMNS if c not in ("inserted_at",)]
+    for event_id, at in (("e-old", old), ("e-new", recent)):
+        row = {
+            "org_id": "acme",
+            "referral_id": "R-1",
+            "event_id": event_id,
+            "type": "referral.created",
+            "source": "ehr",
+            "occurred_at": at,
+            "patient_ref": None,
+            "data": "{}",
+            "version": 1,
+        }
+        ch.insert("events", [[row[c] for c in columns]], columns)
+    rate_columns = ["org_id", "type", "window_start", "partition", "segment", "events", "version"]
+    ch.insert(
+        "event_rates",
+        [
+            ["acme", "referral.created", old, 0, 0, 1, 1],
+            ["acme", "referral.created", recent, 0, 0, 1, 1],
+        ],
+        rate_columns,
+    )
+    ch.insert("referral_state", [old_row("R-old", 1)], REFERRAL_STATE_COLUMNS)
+
+    assert set_retention(ch, 30) == ["events", "event_rates"]
+    assert set_retention(ch, 30) == []  # unchanged: nothing to do at the next start
+    for table in ("events", "event_rates", "referral_state"):
+        ch.command(f"OPTIMIZE TABLE {ch.database}.{table} FINAL")
+    _, events = ch.query("SELECT event_id FROM events")
+    _, rates = ch.query("SELECT toDate(window_start) FROM event_rates")
+    _, states = ch.query("SELECT referral_id FROM referral_state")
+    assert events == [("e-new",)]
+    assert rates == [(recent.date(),)]
+    assert states == [("R-old",)]  # referral-level rows are kept
+
+    assert set_retention(ch, None) == ["events", "event_rates"]
+    _, create = ch.query("SHOW CREATE TABLE events")
+    assert " TTL " not in create[0][0]
+    with pytest.raises(ValueError):
+        set_retention(ch, 0)
