@@ -63,6 +63,25 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_access_sql(args: argparse.Namespace) -> int:
+    from sinks.access import access_statements
+
+    settings = _settings()
+    try:
+        statements = access_statements(
+            settings.clickhouse_database, args.org, settings.cluster_layout
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(
+        f"-- reftrack read-only BI roles for database {settings.clickhouse_database}; "
+        "run as a user allowed to manage access (sinks/access.py, docs/security.md)"
+    )
+    for statement in statements:
+        print(statement + ";")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.query import query_worker
     from streams.replay import ReplayError, replay
@@ -229,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="apply ClickHouse migrations")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "access-sql", help="print the SQL of the read-only BI roles and per-org row policies"
+    )
+    p.add_argument("--org", action="append", default=[], help="an org id (repeat)")
+    p.set_defaults(func=cmd_access_sql)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from schemas.events import TrackedEvent, to_micros
+from sinks.access import ALL_ORGS_ONLY, ORG_TABLES, ORG_VIEWS, access_statements
 from sinks.clickhouse import ClickHouse
+from sinks.cluster import ClusterLayout
 from sinks.kpi_refresh import KPI_VIEWS, refresh_now, refresh_status, set_refresh_interval
 from sinks.migrate import applied_versions, available, migrate, pending
 from sinks.retention import set_retention
@@ -238,3 +241,54 @@ def test_event_retention_drops_old_event_rows_only(clickhouse: ClickHouse) -> No
     assert " TTL " not in create[0][0]
     with pytest.raises(ValueError):
         set_retention(ch, 0)
+
+
+def test_access_sql_parses_and_each_policy_keeps_its_org(clickhouse: ClickHouse) -> None:
+    """The engine parses every statement of `reftrack access-sql` (chDB has no access
+    management to run them: docs/security.md has the manual check), each policy's
+    condition keeps exactly its org's rows, every granted object exists, and every table
+    or view with an `org_id` column is either policed, read through policed tables, or
+    kept from org roles."""
+    ch = ClickHouse(clickhouse.dsn, "reftrack_access_test")  # same engine
+    ch._client = clickhouse._connect()
+    migrate(ch)
+    orgs = ["acme", "beta-health"]
+    ch.insert("referral_state", [old_row("R-1", 1)], REFERRAL_STATE_COLUMNS)  # acme
+    other = old_row("R-2", 1)
+    other[REFERRAL_STATE_COLUMNS.index("org_id")] = "beta-health"
+    ch.insert("referral_state", [other], REFERRAL_STATE_COLUMNS)
+    for cluster in (None, ClusterLayout("main")):
+        for statement in access_statements(ch.database, orgs, cluster):
+            _, parsed = ch.query(f"SELECT formatQuery({_sql_literal(statement)})")
+            assert parsed, statement
+
+    statements = access_statements(ch.database, orgs)
+    for statement in statements:
+        policy = re.fullmatch(
+            r"CREATE ROW POLICY OR REPLACE (\w+) ON (\w+)\.(\w+) FOR SELECT USING (.+) TO (.+)",
+            statement,
+        )
+        if policy is None:
+            continue
+        _, rows = ch.query(f"SELECT DISTINCT org_id FROM {policy[2]}.{policy[3]} WHERE {policy[4]}")
+        if policy[1] == "reftrack_all_orgs":
+            assert policy[4] == "1"
+        elif policy[3] == "referral_state":
+            assert rows == [({"reftrack_bi_acme": "acme"}.get(policy[1], "beta-health"),)]
+
+    _, objects = ch.query(f"SELECT name FROM system.tables WHERE database = '{ch.database}'")
+    names = {r[0] for r in objects}
+    for statement in statements:
+        granted = re.fullmatch(rf"GRANT SELECT ON {ch.database}\.(\w+) TO \w+", statement)
+        if granted:
+            assert granted[1] in names, statement
+    _, with_org = ch.query(
+        "SELECT DISTINCT table FROM system.columns "
+        f"WHERE database = '{ch.database}' AND name = 'org_id' AND table NOT LIKE '.inner%'"
+    )
+    covered = set(ORG_TABLES) | set(ORG_VIEWS) | set(ALL_ORGS_ONLY)
+    assert {r[0] for r in with_org} <= covered
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
