@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit test-integration lint typecheck schema clean bench
+.PHONY: venv demo test test-unit test-integration lint typecheck schema clean bench fuzz
 
 venv: $(STAMP)
 
@@ -28,6 +28,13 @@ test-unit: venv
 
 test-integration: venv
 	$(BIN)/python -m pytest -q tests/integration
+
+## Longer hostile-input runs than `make test` (20,000 cases per canonical property, fresh
+## random seeds for the adapters' fuzz tests); minutes, not seconds.
+fuzz: venv
+	REFTRACK_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q tests/unit/test_fuzz_canonical.py
+	$(BIN)/python -m pytest -q tests/unit/test_adapter_fhir.py tests/unit/test_adapter_hl7v2.py \
+		tests/unit/test_adapter_comms_claims.py -k "fuzz or never or garbage or random"
 
 lint: venv
 	$(BIN)/ruff check schemas streams sinks tests

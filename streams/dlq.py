@@ -1,9 +1,11 @@
 """Dead-letter records (SPEC §2): what was rejected, why, and where it came from.
 
 The original bytes are kept (base64) so nothing is lost, with one exception made for
-SPEC §9: when the message is a JSON object with a `patient_id`, that value is replaced
-by its pseudonym before the record is written, because no topic reftrack writes may
-carry a raw patient id. Such records say `"patient_id_pseudonymized": true`.
+SPEC §9: every `patient_id` value in the message (at any depth of the JSON) is
+replaced by its pseudonym before the record is written, because no topic reftrack writes
+may carry a raw patient id; in bytes that do not parse as JSON (cut off, invalid UTF-8,
+trailing garbage), every `"patient_id": value` pair found is swapped the same way.
+Such records say `"patient_id_pseudonymized": true`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -24,20 +27,59 @@ from streams.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+# `"patient_id": "..."` or `"patient_id": 123` in bytes that are not valid JSON (cut
+# off, wrong encoding, trailing garbage); and `"org_id": "..."` for the pseudonym.
+# A string value cut off by the end of the message counts too.
+_PATIENT_FIELD = re.compile(
+    rb'("patient_id"\s*:\s*)("(?:[^"\\]|\\.)*(?:"|\\?$)|-?[0-9][0-9.eE+-]*)'
+)
+_ORG_FIELD = re.compile(rb'"org_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
 def redact_patient_id(raw: bytes, key: bytes) -> tuple[bytes, bool]:
-    """Swap a top-level patient_id for its pseudonym; other bytes stay as they came."""
+    """Swap every `patient_id` value for its pseudonym, at any depth of the JSON (an
+    object, an array of objects, an event inside `data`); other bytes stay as they came.
+    Bytes that do not parse get every `"patient_id": value` pair swapped in place."""
     if b"patient_id" not in raw:
         return raw, False
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
+        return _redact_unparsed(raw, key)
+    if not _redact_parsed(doc, key, ""):
         return raw, False
-    if not isinstance(doc, dict) or doc.get("patient_id") is None:
-        return raw, False
-    org_id = doc.get("org_id")
-    org = org_id if isinstance(org_id, str) else ""
-    doc["patient_id"] = pseudonymize(key, org, str(doc["patient_id"]))
     return json.dumps(doc, ensure_ascii=False).encode("utf-8"), True
+
+
+def _redact_parsed(node: Any, key: bytes, org: str) -> bool:
+    """Pseudonymize `patient_id` values in place, each with the nearest enclosing
+    `org_id`; True when one was changed."""
+    changed = False
+    if isinstance(node, dict):
+        org_id = node.get("org_id")
+        org = org_id if isinstance(org_id, str) else org
+        for name, value in node.items():
+            if name == "patient_id" and value is not None and not isinstance(value, dict | list):
+                node[name] = pseudonymize(key, org, str(value))
+                changed = True
+            elif isinstance(value, dict | list):
+                changed |= _redact_parsed(value, key, org)
+    elif isinstance(node, list):
+        for item in node:
+            changed |= _redact_parsed(item, key, org)
+    return changed
+
+
+def _redact_unparsed(raw: bytes, key: bytes) -> tuple[bytes, bool]:
+    org_match = _ORG_FIELD.search(raw)
+    org = org_match[1].decode("utf-8", "replace") if org_match else ""
+
+    def swap(match: re.Match[bytes]) -> bytes:
+        value = match[2].removeprefix(b'"').removesuffix(b'"').decode("utf-8", "replace")
+        return match[1] + json.dumps(pseudonymize(key, org, value)).encode("ascii")
+
+    redacted, count = _PATIENT_FIELD.subn(swap, raw)
+    return (redacted, True) if count else (raw, False)
 
 
 def dead_letter(

@@ -90,3 +90,36 @@ def test_null_message_is_recorded_as_null() -> None:
     record = dlq_record(None)
     assert record["original_was_null"] is True
     assert record["original_base64"] == ""
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"org_id": "acme", "patient_id": "MRN-77", "referral_id": "R1"',  # cut off
+        b'{"org_id": "acme", "patient_id": "MRN-77"}\xff\xfe',  # trailing invalid UTF-8
+        b'{"org_id": "acme", "patient_id" : "MRN-77", "x": NaN-ish}',
+    ],
+)
+def test_patient_id_in_unparseable_bytes_is_pseudonymized_in_place(raw: bytes) -> None:
+    record = dlq_record(raw)
+    body = base64.b64decode(str(record["original_base64"]))
+    assert b"MRN-77" not in body
+    assert record["patient_id_pseudonymized"] is True
+    assert pseudonymize(KEY, "acme", "MRN-77").encode() in body
+    assert (
+        body.replace(json.dumps(pseudonymize(KEY, "acme", "MRN-77")).encode(), b'"MRN-77"') == raw
+    )
+
+
+def test_patient_ids_at_any_depth_and_cut_off_values_are_pseudonymized() -> None:
+    batch = json.dumps(
+        [{"org_id": "acme", "patient_id": "MRN-1"}, {"data": {"patient_id": 987654321}}]
+    ).encode()
+    body = base64.b64decode(str(dlq_record(batch)["original_base64"]))
+    assert b"MRN-1" not in body and b"987654321" not in body
+    assert json.loads(body)[0]["patient_id"] == pseudonymize(KEY, "acme", "MRN-1")
+    assert json.loads(body)[1]["data"]["patient_id"] == pseudonymize(KEY, "", "987654321")
+    cut = b'{"org_id": "acme", "patient_id": "MRN-12'
+    record = dlq_record(cut)
+    assert b"MRN-12" not in base64.b64decode(str(record["original_base64"]))
+    assert record["patient_id_pseudonymized"] is True
