@@ -69,7 +69,7 @@ def access_statements(
     tables = [*ORG_TABLES]
     if cluster is not None:
         tables += [f"{t}_local" for t in ORG_TABLES]
-    for org, role in roles.items():
+    for role in roles.values():
         out.append(f"CREATE ROLE IF NOT EXISTS {role}{on}")
         for name in (*ORG_VIEWS, *tables):
             out.append(f"GRANT{on} SELECT ON {database}.{name} TO {role}")

@@ -22,6 +22,8 @@ from sinks.cluster import CLUSTER_SETTINGS, ClusterLayout
 T = TypeVar("T")
 
 _CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
+# After the host: path and query of any URL (a query may carry settings or a password).
+_URL_TAIL = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/?#\s'\"]+)[/?#][^\s'\"]*", re.I)
 READ_ONLY_PREFIXES = ("select", "with", "show", "describe", "desc", "explain", "exists")
 
 
@@ -30,8 +32,9 @@ class ClickHouseError(Exception):
 
 
 def scrub(text: str) -> str:
-    """Remove `user:pass@` from any URL in a message before it is logged or shown."""
-    return _CREDENTIALS.sub(r"\1***@", text)
+    """Reduce every URL in a message to scheme://host:port (no `user:pass@`, path or
+    query) before it is logged or shown."""
+    return _URL_TAIL.sub(r"\1", _CREDENTIALS.sub(r"\1***@", text))
 
 
 # DSN query parameters that configure the client (TLS, timeouts, compression); any other

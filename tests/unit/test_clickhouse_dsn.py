@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sinks.clickhouse import ClickHouse, ClickHouseError, DsnError, http_client_args
+from sinks.clickhouse import ClickHouse, ClickHouseError, DsnError, http_client_args, scrub
 from streams.config import ConfigError, load_settings
 
 
@@ -87,3 +87,19 @@ def test_connection_errors_never_show_credentials() -> None:
     with pytest.raises(ClickHouseError) as caught:
         ch.command("SELECT 1")
     assert "hunter2" not in str(caught.value) and "127.0.0.1" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("failed: http://admin:hunter2@ch:8123/?x=1", "failed: http://***@ch:8123"),
+        (
+            "HTTP 500 from https://ch.example:8443/?password=hunter2&query=SELECT",
+            "HTTP 500 from https://ch.example:8443",
+        ),
+        ("url 'https://u:p@h/db?user=u&password=hunter2' refused", "url 'https://***@h' refused"),
+        ("no url here: hunter2 is just text", "no url here: hunter2 is just text"),
+    ],
+)
+def test_scrub_keeps_only_scheme_host_and_port(message: str, shown: str) -> None:
+    assert scrub(message) == shown
