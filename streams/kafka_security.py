@@ -51,35 +51,21 @@ class KafkaSecurity:
 
     def check(self) -> None:
         """Raise KafkaSecurityError for settings that cannot work (see module doc)."""
-        sasl_given = [
-            name
-            for name, value in (
-                ("REFTRACK_KAFKA_SASL_MECHANISM", self.sasl_mechanism),
-                ("REFTRACK_KAFKA_SASL_USERNAME", self.sasl_username),
-                ("REFTRACK_KAFKA_SASL_PASSWORD", self.sasl_password),
-            )
-            if value is not None
-        ]
-        ssl_given = [
-            name
-            for name, value in (
-                ("REFTRACK_KAFKA_SSL_CAFILE", self.ssl_cafile),
-                ("REFTRACK_KAFKA_SSL_CERTFILE", self.ssl_certfile),
-                ("REFTRACK_KAFKA_SSL_KEYFILE", self.ssl_keyfile),
-                ("REFTRACK_KAFKA_SSL_KEY_PASSWORD", self.ssl_key_password),
-            )
-            if value is not None
-        ]
+        sasl = {
+            "REFTRACK_KAFKA_SASL_MECHANISM": self.sasl_mechanism,
+            "REFTRACK_KAFKA_SASL_USERNAME": self.sasl_username,
+            "REFTRACK_KAFKA_SASL_PASSWORD": self.sasl_password,
+        }
+        tls = {
+            "REFTRACK_KAFKA_SSL_CAFILE": self.ssl_cafile,
+            "REFTRACK_KAFKA_SSL_CERTFILE": self.ssl_certfile,
+            "REFTRACK_KAFKA_SSL_KEYFILE": self.ssl_keyfile,
+            "REFTRACK_KAFKA_SSL_KEY_PASSWORD": self.ssl_key_password,
+        }
+        sasl_given = [name for name, value in sasl.items() if value is not None]
+        ssl_given = [name for name, value in tls.items() if value is not None]
         if self.uses_sasl:
-            missing = [
-                name
-                for name, value in (
-                    ("REFTRACK_KAFKA_SASL_MECHANISM", self.sasl_mechanism),
-                    ("REFTRACK_KAFKA_SASL_USERNAME", self.sasl_username),
-                    ("REFTRACK_KAFKA_SASL_PASSWORD", self.sasl_password),
-                )
-                if not value or (isinstance(value, SecretStr) and not value.get_secret_value())
-            ]
+            missing = [name for name, value in sasl.items() if not _present(value)]
             if missing:
                 raise KafkaSecurityError(
                     f"REFTRACK_KAFKA_SECURITY_PROTOCOL={self.protocol} needs " + ", ".join(missing)
@@ -175,6 +161,12 @@ class KafkaSecurity:
             if not self.ssl_check_hostname:
                 parts.append("host name NOT checked")
         return ", ".join(parts)
+
+
+def _present(value: object) -> bool:
+    if isinstance(value, SecretStr):
+        return bool(value.get_secret_value())
+    return bool(value)
 
 
 def _reason(exc: BaseException) -> str:
