@@ -5,10 +5,12 @@ are in ClickHouse, so a crash replays at most the unflushed batch; the tables ar
 ReplacingMergeTree keyed on a version, so a replayed row changes nothing. Kafka stays
 the source of truth: resetting the group's offsets rebuilds the table.
 
-Flushes happen at `batch_rows` rows or `flush_seconds` after the first buffered row.
-While ClickHouse fails, the sink retries with capped exponential backoff and stops
-reading the topic (backpressure): memory stays bounded by one batch. On stop it drains
-the topic to its end (what the tracker produced before stopping), flushes and commits.
+Flushes happen at `batch_rows` rows (or messages) or `flush_seconds` after the first
+buffered row; a read takes only as many messages as fit, so a sink never holds more than
+`batch_rows` messages. While ClickHouse fails, the sink retries with capped exponential
+backoff and stops reading the topic (backpressure): memory stays bounded by one batch.
+On stop it drains the topic to its end (what the tracker produced before stopping),
+flushes and commits.
 """
 
 from __future__ import annotations
@@ -73,12 +75,16 @@ class TopicSink(Service):
         self.flush_seconds = flush_seconds
         self.session_timeout = session_timeout
         self.consumer_options = consumer_options or {}
+        # Series from the start: "no flush yet" reads as 0, and alerts can match on `sink`.
+        metrics.sink_rows_pending.labels(name).set(0)
+        metrics.sink_last_flush.labels(name).set(0)
         self.drain_seconds = drain_seconds
         self._consumer: AIOKafkaConsumer | None = None
         self._rows: dict[str, Rows] = {t.table: [] for t in self.targets}
         self._offsets: dict[TopicPartition, int] = {}
         self._read: dict[TopicPartition, int] = {}
         self._first_buffered: float | None = None
+        self._messages = 0  # read and buffered, not yet flushed: at most batch_rows
         self._lock = asyncio.Lock()
         self.last_flush: float | None = None
         self.last_error: str | None = None
@@ -112,7 +118,8 @@ class TopicSink(Service):
         assert self._consumer is not None
         while not self.should_stop:
             try:
-                batches = await self._consumer.getmany(timeout_ms=200, max_records=self.batch_rows)
+                room = max(1, self.batch_rows - self._messages)
+                batches = await self._consumer.getmany(timeout_ms=200, max_records=room)
             except Exception as exc:  # broker gone for a while: keep trying
                 log.warning("sink %s: fetch failed: %s", self.sink_name, exc)
                 await self.sleep(1.0)
@@ -133,14 +140,15 @@ class TopicSink(Service):
                 self._offsets[tp] = message.offset + 1
             if messages:
                 self._read[tp] = messages[-1].offset + 1
+                self._messages += len(messages)
             if messages and self._first_buffered is None:
                 self._first_buffered = time.monotonic()
-        self.metrics.sink_rows_pending.set(self.pending)
+        self.metrics.sink_rows_pending.labels(self.sink_name).set(self.pending)
 
     def _due(self) -> bool:
         if not self._offsets:
             return False
-        if self.pending >= self.batch_rows:
+        if self.pending >= self.batch_rows or self._messages >= self.batch_rows:
             return True
         return (
             self._first_buffered is not None
@@ -159,9 +167,10 @@ class TopicSink(Service):
         self._rows = {t.table: [] for t in self.targets}
         self._offsets = {}
         self._first_buffered = None
+        self._messages = 0
         self.last_flush = time.time()
-        self.metrics.sink_last_flush.set(self.last_flush)
-        self.metrics.sink_rows_pending.set(0)
+        self.metrics.sink_last_flush.labels(self.sink_name).set(self.last_flush)
+        self.metrics.sink_rows_pending.labels(self.sink_name).set(0)
 
     async def _insert(self, target: SinkTarget, rows: Rows) -> bool:
         delay = 0.2
@@ -230,9 +239,10 @@ class TopicSink(Service):
             behind = [tp for tp in assignment if await consumer.position(tp) < ends[tp]]
             if not behind:
                 return
-            batches = await consumer.getmany(*behind, timeout_ms=200, max_records=self.batch_rows)
+            room = max(1, self.batch_rows - self._messages)
+            batches = await consumer.getmany(*behind, timeout_ms=200, max_records=room)
             self._buffer(batches)
-            if self.pending >= self.batch_rows:
+            if self._due():
                 await self._flush()
         log.warning("sink %s: stopped before reaching the end of %s", self.sink_name, self.topic)
 

@@ -97,10 +97,16 @@ class Metrics:
             "reftrack_sink_flush_seconds", "Sink flush latency", ["table"], registry=r
         )
         self.sink_rows_pending = Gauge(
-            "reftrack_sink_rows_pending", "Rows buffered, not yet in ClickHouse", registry=r
+            "reftrack_sink_rows_pending",
+            "Rows buffered, not yet in ClickHouse",
+            ["sink"],
+            registry=r,
         )
         self.sink_last_flush = Gauge(
-            "reftrack_sink_last_flush_timestamp_seconds", "Unix time of the last flush", registry=r
+            "reftrack_sink_last_flush_timestamp_seconds",
+            "Unix time of the sink's last flush (0: none yet)",
+            ["sink"],
+            registry=r,
         )
 
         self.last_event_processed = Gauge(

@@ -1,0 +1,247 @@
+"""Faults (issue 8): with real components failing, nothing is lost and the views stay exact.
+
+* ClickHouse refuses every insert for a while, then is slow, then is back: the sinks
+  retry with backpressure (bounded buffers), nothing is half-stored meanwhile, and at the
+  end every referral is at its expected status and version.
+* The broker is unreachable for longer than the session timeout (a TCP proxy in front of
+  a dedicated Tansu cuts every connection and refuses new ones): the same worker process
+  lives through it, becomes ready again and processes what comes after, exactly.
+
+How the faults are injected (test-side only) is described in tests/integration/faults.py.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas.errors import EventRejected
+from schemas.events import parse_event
+from streams.simulator import SimConfig, SimMessage, generate
+from tests.integration.faults import DOWN, SLOW, ProxiedTansu, clickhouse_hook_env
+from tests.integration.harness import Deployment, Worker, produce, wait_for
+from tests.integration.kpi_reference import Reference
+
+pytestmark = pytest.mark.integration
+
+BATCH_ROWS = 500
+FIRST_ORGS = ("northwind", "lakeside")
+SECOND_ORGS = ("summit", "harbor")
+# Rows a sink makes of one message: a status snapshot is a referral_state row plus one
+# stage_durations row per finished stage (at most 5); the other sinks, one row each.
+ROWS_PER_MESSAGE = {"status": 6, "events": 1, "rates": 1, "alerts": 1}
+
+Statuses = dict[tuple[str, str], tuple[str, int]]
+
+
+def traffic(seed: int, orgs: tuple[str, ...], now: datetime, referrals: int = 250) -> list[Any]:
+    """Seeded simulated traffic (duplicates, invalid messages, null/wrong keys, orphans);
+    every event at least 15 days old so every flag is decided whatever the wall clock."""
+    config = SimConfig(seed=seed, orgs=orgs, referrals=referrals, start=now - timedelta(days=75))
+    return generate(config, now=now - timedelta(days=15))
+
+
+def keyed(messages: list[SimMessage]) -> list[tuple[bytes | None, bytes]]:
+    return [(m.key, m.value) for m in messages]
+
+
+def expected(messages: list[SimMessage], now: datetime) -> tuple[Statuses, Reference]:
+    """Every referral's status and version (one per distinct event), from the independent
+    reference (kpi_reference.py)."""
+    reference = Reference([m.value for m in messages], now)
+    versions = Counter((e["org_id"], e["referral_id"]) for e in reference.events)
+    statuses = {key: (facts["status"], versions[key]) for key, facts in reference.facts.items()}
+    return statuses, reference
+
+
+def stored(worker: Worker) -> Statuses:
+    rows = worker.query("SELECT org_id, referral_id, status, version FROM referral_status")
+    return {(r["org_id"], r["referral_id"]): (r["status"], int(r["version"])) for r in rows}
+
+
+def metric(worker: Worker, name: str) -> float:
+    """Sum of every sample of a metric (all label sets) in the worker's /metrics."""
+    status, body = worker.get("/metrics")
+    assert status == 200, body
+    if "{" in name:  # one labelled series, given as name{labels}
+        pattern = re.compile(rf"^{re.escape(name)} (\S+)$", re.MULTILINE)
+    else:
+        pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(body))
+
+
+def rejected(messages: list[SimMessage], now: datetime) -> int:
+    """Messages the DLQ must get, judged as the reference does (at the wall clock: some of
+    the simulator's `future_occurred_at` messages are in the past by now)."""
+    count = 0
+    for message in messages:
+        try:
+            parse_event(message.value, now)
+        except EventRejected:
+            count += 1
+    return count
+
+
+def assert_accounting(
+    worker: Worker, messages: list[SimMessage], reference: Reference, now: datetime
+) -> None:
+    """processed + duplicates + DLQ == produced, each part as the traffic says."""
+    dead = rejected(messages, now)
+    counts = worker.wait_accounted(len(messages), timeout=60)
+    want = {
+        "consumed": len(messages),
+        "processed": reference.distinct_events,
+        "duplicates": len(messages) - dead - reference.distinct_events,
+        "dead_lettered": dead,
+        "accounted": len(messages),
+    }
+    assert counts == {**counts, **want}, (counts, want)
+    assert metric(worker, "reftrack_dlq_messages_total") == dead
+    # Each sink commits on its own: wait for the event and rate sinks too.
+    distinct = "SELECT uniqExact(org_id, referral_id, event_id) AS n FROM events"
+    wait_for(
+        lambda: worker.query(distinct) == [{"n": reference.distinct_events}],
+        60,
+        what="every distinct event in the events table",
+    )
+    rates = "SELECT sum(events) AS n FROM event_rates_1m"
+    wait_for(
+        lambda: worker.query(rates) == [{"n": reference.distinct_events}],
+        60,
+        what="every distinct event counted once in event_rates_1m",
+    )
+
+
+def test_clickhouse_down_then_slow_then_back_loses_nothing(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    control = tmp_path / "faults"
+    deployment.extra_env.update(clickhouse_hook_env(control, tmp_path / "hook"))
+    deployment.extra_env["REFTRACK_SINK_BATCH_ROWS"] = str(BATCH_ROWS)
+    now = datetime.now(UTC)
+    first = traffic(31, FIRST_ORGS, now)
+    second = traffic(32, SECOND_ORGS, now)
+    want_first, _ = expected(first, now)
+    want_all, reference = expected(first + second, now)
+    assert any(not m.valid for m in second) and any(m.duplicate for m in second)
+    new_orgs = ", ".join(f"'{org}'" for org in SECOND_ORGS)
+
+    worker = Worker(deployment)
+    try:
+        worker.wait_ready()
+        produce(deployment.bootstrap, deployment.events_topic, keyed(first))
+        wait_for(lambda: stored(worker) == want_first, 60, what="the first batch stored")
+        assert metric(worker, "reftrack_sink_failures_total") == 0
+
+        # ClickHouse refuses every insert.
+        (control / DOWN).touch()
+        produce(deployment.bootstrap, deployment.events_topic, keyed(second))
+        wait_for(
+            lambda: metric(worker, "reftrack_sink_failures_total") > 0,
+            20,
+            what="sink failures in /metrics",
+        )
+        wait_for(
+            lambda: "failed, retrying in" in worker.log_path.read_text(errors="replace"),
+            10,
+            what="the sink's retry line in the worker log",
+        )
+        # The tracker goes on (state lives in Kafka): every message of both batches is
+        # processed while the sinks are stuck, each holding a bounded buffer.
+        worker.wait_accounted(len(first) + len(second), timeout=60)
+        peak_gauge = dict.fromkeys(ROWS_PER_MESSAGE, 0.0)
+        peaks = dict.fromkeys(ROWS_PER_MESSAGE, 0)
+        for _ in range(8):
+            for name in ROWS_PER_MESSAGE:
+                gauge = metric(worker, f'reftrack_sink_rows_pending{{sink="{name}"}}')
+                peak_gauge[name] = max(peak_gauge[name], gauge)
+            for sink in worker.pipeline()["sinks"]:
+                peaks[sink["name"]] = max(peaks[sink["name"]], sink["rows_pending"])
+            time.sleep(0.4)
+        assert peaks["events"] > 0, "no sink was holding rows: the outage proved nothing"
+        # Bounded, not growing: a stuck sink holds at most BATCH_ROWS messages (it reads
+        # only what fits), so at most BATCH_ROWS rows per row a message makes; and the
+        # gauge of each sink says what that sink holds.
+        bounds = {name: BATCH_ROWS * n for name, n in ROWS_PER_MESSAGE.items()}
+        assert all(peaks[name] <= bounds[name] for name in bounds), (peaks, bounds)
+        assert peaks["events"] <= BATCH_ROWS, peaks
+        assert peak_gauge["events"] > 0, peak_gauge
+        assert all(peak_gauge[name] <= bounds[name] for name in bounds), peak_gauge
+        # Nothing of the second batch is half-stored; the first is untouched.
+        for table in ("referral_status", "events", "stage_durations"):
+            rows = worker.query(f"SELECT count() AS n FROM {table} WHERE org_id IN ({new_orgs})")
+            assert rows == [{"n": 0}], table
+        assert stored(worker) == want_first
+
+        # Back, but slow: flushes succeed, 1.5 s each.
+        flushed = metric(worker, "reftrack_sink_flushes_total")
+        (control / SLOW).touch()
+        (control / DOWN).unlink()
+        wait_for(
+            lambda: metric(worker, "reftrack_sink_flushes_total") > flushed,
+            20,
+            what="a slow flush",
+        )
+        time.sleep(2)
+        (control / SLOW).unlink()
+
+        wait_for(lambda: stored(worker) == want_all, 90, what="both batches stored")
+        assert_accounting(worker, first + second, reference, now)
+    finally:
+        for name in (DOWN, SLOW):
+            (control / name).unlink(missing_ok=True)
+        code = worker.stop()
+    assert code == 0, worker.logs()
+
+
+@pytest.fixture
+def proxied_broker(tmp_path: Path) -> Iterator[ProxiedTansu]:
+    with ProxiedTansu(tmp_path / "tansu-proxied.log") as broker:
+        yield broker
+
+
+def test_broker_unavailable_for_a_while_then_back(
+    proxied_broker: ProxiedTansu, tmp_path: Path
+) -> None:
+    deployment = Deployment(bootstrap=proxied_broker.bootstrap, base_dir=tmp_path)
+    now = datetime.now(UTC)
+    first = traffic(41, FIRST_ORGS, now)
+    second = traffic(42, SECOND_ORGS, now)
+    want_first, _ = expected(first, now)
+    want_all, reference = expected(first + second, now)
+
+    worker = Worker(deployment)
+    try:
+        worker.wait_ready()
+        pid = worker.process.pid
+        produce(deployment.bootstrap, deployment.events_topic, keyed(first))
+        wait_for(lambda: stored(worker) == want_first, 60, what="the first batch stored")
+        logged_before = len(worker.log_path.read_bytes())
+
+        # The broker is unreachable for twice the session timeout.
+        proxied_broker.proxy.outage()
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            assert worker.process.poll() is None, f"worker died in the outage:\n{worker.logs()}"
+            time.sleep(0.5)
+        proxied_broker.proxy.restore()
+
+        produce(deployment.bootstrap, deployment.events_topic, keyed(second))
+        wait_for(lambda: stored(worker) == want_all, 120, what="both batches stored")
+        assert_accounting(worker, first + second, reference, now)
+        worker.wait_ready(60)
+        assert worker.process.poll() is None and worker.process.pid == pid
+        # What it says meanwhile is aiokafka's (reconnecting, every ~0.1 s per client);
+        # reftrack itself logs nothing of its own about the outage.
+        during = worker.log_path.read_bytes()[logged_before:].decode(errors="replace")
+        assert "Unable connect to node" in during, during[-3000:]
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.logs()
