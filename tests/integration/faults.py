@@ -8,7 +8,11 @@ through - with a check of a control directory:
 
 * while `<dir>/clickhouse-down` exists, an insert raises
   `ClickHouseError("injected: connection refused")` before the engine sees it;
-* while `<dir>/clickhouse-slow` exists, an insert first sleeps `SLOW_SECONDS`.
+* while `<dir>/clickhouse-slow` exists, an insert first sleeps `SLOW_SECONDS`;
+* while `<dir>/clickhouse-hold` exists, an insert of `status` rows runs, then touches
+  `<dir>/inside-flush` (the row count) and waits for the file to go: the rows are
+  stored, the sink's offsets not yet committed (the window a SIGKILL "during a flush"
+  hits). The worker's one ClickHouse thread is held meanwhile: no queries answer.
 
 This is fault injection in front of the real engine, not a mock: otherwise (and after a
 slow wait) the real insert runs and the real embedded ClickHouse stores every row; reads
@@ -37,6 +41,8 @@ CONTROL_DIR_ENV = "REFTRACK_TEST_FAULTS_DIR"
 DOWN = "clickhouse-down"
 SLOW = "clickhouse-slow"
 SLOW_SECONDS = 1.5
+HOLD = "clickhouse-hold"
+INSIDE = "inside-flush"
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,6 +66,10 @@ def install() -> None:
         if (directory / SLOW).exists():
             time.sleep(SLOW_SECONDS)
         real_insert(self, table, rows, columns)
+        if table == "referral_state" and (directory / HOLD).exists():
+            (directory / INSIDE).write_text(str(len(rows)))
+            while (directory / HOLD).exists():
+                time.sleep(0.05)
 
     ClickHouse.insert = insert  # type: ignore[method-assign]
 

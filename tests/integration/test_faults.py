@@ -25,7 +25,14 @@ import pytest
 from schemas.errors import EventRejected
 from schemas.events import parse_event
 from streams.simulator import SimConfig, SimMessage, generate
-from tests.integration.faults import DOWN, SLOW, ProxiedTansu, clickhouse_hook_env
+from tests.integration.faults import (
+    DOWN,
+    HOLD,
+    INSIDE,
+    SLOW,
+    ProxiedTansu,
+    clickhouse_hook_env,
+)
 from tests.integration.harness import Deployment, Worker, produce, wait_for
 from tests.integration.kpi_reference import Reference
 
@@ -248,3 +255,50 @@ def test_broker_unavailable_for_a_while_then_back(
     finally:
         code = worker.stop()
     assert code == 0, worker.logs()
+
+
+def test_sigkill_inside_a_sink_flush_changes_nothing(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """SIGKILL after a flush's rows are in ClickHouse and before the sink commits its
+    offsets: the restarted worker reads those messages again and inserts the same rows
+    again, which the versioned tables absorb. Views exact; every event counted once."""
+    control = tmp_path / "faults"
+    deployment.extra_env.update(clickhouse_hook_env(control, tmp_path / "hook"))
+    now = datetime.now(UTC)
+    messages = traffic(33, FIRST_ORGS, now)
+    want, reference = expected(messages, now)
+
+    (control / HOLD).touch()
+    worker = Worker(deployment)
+    try:
+        worker.wait_ready()
+        produce(deployment.bootstrap, deployment.events_topic, keyed(messages))
+        wait_for(
+            lambda: (control / INSIDE).exists(), 60, what="a status flush held after its insert"
+        )
+        # the held flush's rows are stored (the hook ran the real insert), not committed
+        assert int((control / INSIDE).read_text()) > 0
+        worker.kill()  # SIGKILL
+    finally:
+        worker.kill()
+    (control / HOLD).unlink()
+
+    worker = Worker(deployment)
+    try:
+        worker.wait_ready()
+        wait_for(lambda: stored(worker) == want, 90, what="every referral at its final version")
+        distinct = "SELECT uniqExact(org_id, referral_id, event_id) AS n FROM events"
+        wait_for(
+            lambda: worker.query(distinct) == [{"n": reference.distinct_events}],
+            60,
+            what="every distinct event in the events table",
+        )
+        rates = "SELECT sum(events) AS n FROM event_rates_1m"
+        wait_for(
+            lambda: worker.query(rates) == [{"n": reference.distinct_events}],
+            60,
+            what="every distinct event counted once in event_rates_1m",
+        )
+    finally:
+        assert worker.stop() == 0, worker.logs()
