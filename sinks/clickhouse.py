@@ -180,10 +180,14 @@ class ClickHouse:
         except Exception as exc:
             raise ClickHouseError(scrub(str(exc))) from None
 
-    def query(self, sql: str, read_only: bool = False) -> tuple[list[str], list[Sequence[Any]]]:
+    def query(
+        self, sql: str, read_only: bool = False, parameters: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[Sequence[Any]]]:
+        """Rows of a query; `parameters` are bound by clickhouse-connect (`{name:Type}`
+        placeholders, sent apart from the SQL text)."""
         settings = {"readonly": 1} if read_only else self._settings
         try:
-            result = self._connect().query(sql, settings=settings or None)
+            result = self._connect().query(sql, parameters=parameters, settings=settings or None)
         except ClickHouseError:
             raise
         except Exception as exc:

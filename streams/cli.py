@@ -112,6 +112,26 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from streams.report import FORMATS, ReportError, write_report
+
+    output = Path(args.output)
+    fmt = args.format or (output.suffix.lstrip(".").lower() if output.suffix else "html")
+    if fmt not in FORMATS:
+        print(f"reftrack: give --format {'|'.join(FORMATS)} (not .{fmt})", file=sys.stderr)
+        return 2
+    try:
+        data = write_report(_settings(), args.date_from, args.date_to, args.org, fmt, output)
+    except ReportError as exc:
+        print(f"reftrack: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {fmt} report for {data.period.start} to {data.period.end} "
+        f"({data.kpis['referrals']['value']} referrals, {data.scope}) to {output}"
+    )
+    return 0
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from streams.produce import produce_file
 
@@ -241,6 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
     p.add_argument("--max-rows", type=int, default=10_000, help="refuse larger results")
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser(
+        "report",
+        help="a shareable referral-program review of a period (HTML, CSV or PDF)",
+        description="KPIs against the previous period, weekly trends, the stage funnel, time "
+        "per stage and leakage by specialty (docs/dashboard.md). Reads through a running "
+        "worker, or ClickHouse directly when none answers.",
+    )
+    p.add_argument("--from", dest="date_from", required=True, help="first day, YYYY-MM-DD (UTC)")
+    p.add_argument("--to", dest="date_to", required=True, help="last day, YYYY-MM-DD (inclusive)")
+    p.add_argument("--org", action="append", default=[], help="an org id (repeat; default: all)")
+    p.add_argument(
+        "--format", choices=("html", "csv", "pdf"), help="default: from --output's suffix"
+    )
+    p.add_argument("--output", required=True, help="file to write")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("replay", help="rebuild ClickHouse from the topics (workers stopped)")
     p.add_argument("--yes", action="store_true", help="really empty the tables and rewind")

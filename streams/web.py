@@ -1,10 +1,11 @@
 """The worker's HTTP surface (SPEC §8): health, readiness, pipeline status, metrics,
-read-only queries and the live page.
+read-only queries, the dashboard's JSON API (docs/dashboard.md) and the dashboard page.
 
-Binds to loopback by default. With a token configured, /api/* and the page require
+Binds to loopback by default. With a token configured, every /api/* endpoint requires
 `Authorization: Bearer <token>`; /healthz, /readyz and /metrics stay open for probes and
-scrapers (they carry no referral data). Faust's own web server (which can browse
-tables) is never started.
+scrapers, and the page (/) and its assets (/static/*) for browsers: none of them carries
+referral data (the page fetches its data from /api/* with the token). Faust's own web
+server (which can browse tables) is never started.
 """
 
 from __future__ import annotations
@@ -13,21 +14,63 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 from faust.exceptions import ConsumerNotStarted
 from mode import Service
+from multidict import MultiDict
 
 from sinks.clickhouse import ClickHouseError, is_read_only
 from sinks.kpi_refresh import refresh_status
+from streams import dashboard_queries as dq
 from streams.app import Pipeline
 
 log = logging.getLogger(__name__)
 DEFAULT_QUERY_ROWS = 10_000
 MAX_QUERY_ROWS = 1_000_000
+DASHBOARD_TIMEOUT_S = 60
+
+# (method, path, handler): every route the app serves; streams/static/openapi.json
+# documents exactly these (tests/unit/test_dashboard_queries.py checks both ways).
+ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/", "index"),
+    ("GET", "/static/{name}", "static"),
+    ("GET", "/healthz", "healthz"),
+    ("GET", "/readyz", "readyz"),
+    ("GET", "/metrics", "metrics"),
+    ("GET", "/api/pipeline", "pipeline_status"),
+    ("POST", "/api/query", "query"),
+    ("GET", "/api/openapi.json", "openapi"),
+    ("GET", "/api/filters", "filters"),
+    ("GET", "/api/kpis", "kpis"),
+    ("GET", "/api/funnel", "funnel"),
+    ("GET", "/api/stages", "stages"),
+    ("GET", "/api/rates", "rates"),
+    ("GET", "/api/worklist", "worklist"),
+    ("GET", "/api/referrals/{org_id}/{referral_id}", "referral"),
+    ("GET", "/api/alerts", "alerts"),
+)
+# Routes served without the token: probes, the scrape endpoint, the page and its assets.
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+OPEN_ROUTES = OPEN_PATHS | {"/static/{name}"}
+
+# Files of the streams.static package served under /static/, by suffix.
+STATIC_TYPES = {
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".css": "text/css",
+    ".html": "text/html",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".woff2": "font/woff2",
+}
+_STATIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class WebService(Service):
@@ -43,18 +86,7 @@ class WebService(Service):
 
     async def on_start(self) -> None:
         s = self.pipeline.settings
-        app = web.Application(middlewares=[self._auth])
-        app.add_routes(
-            [
-                web.get("/", self.index),
-                web.get("/healthz", self.healthz),
-                web.get("/readyz", self.readyz),
-                web.get("/metrics", self.metrics),
-                web.get("/api/pipeline", self.pipeline_status),
-                web.post("/api/query", self.query),
-            ]
-        )
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(self.build_app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.web_bind, s.web_port)
         await site.start()
@@ -62,6 +94,18 @@ class WebService(Service):
         sockets = server.sockets if server is not None else []
         self.port = sockets[0].getsockname()[1] if sockets else s.web_port
         log.info("web listening on http://%s:%s/", s.web_bind, self.port)
+
+    def build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.add_routes(
+            [
+                web.get(path, getattr(self, handler))
+                if method == "GET"
+                else web.route(method, path, getattr(self, handler))
+                for method, path, handler in ROUTES
+            ]
+        )
+        return app
 
     async def on_stop(self) -> None:
         if self._runner is not None:
@@ -79,8 +123,7 @@ class WebService(Service):
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         token = self.pipeline.settings.api_token
-        open_paths = ("/healthz", "/readyz", "/metrics")
-        if token is not None and request.path not in open_paths:
+        if token is not None and not _is_open(request):
             given = request.headers.get("Authorization", "")
             expected = f"Bearer {token.get_secret_value()}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -94,7 +137,28 @@ class WebService(Service):
 
     async def index(self, request: web.Request) -> web.Response:
         page = resources.files("streams.static").joinpath("index.html").read_text("utf-8")
-        return web.Response(text=page, content_type="text/html")
+        return web.Response(
+            text=page,
+            content_type="text/html",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def static(self, request: web.Request) -> web.Response:
+        """A file of the streams.static package; only names of files it holds, with a
+        known suffix (no directories, no path traversal)."""
+        name = request.match_info["name"]
+        content_type = STATIC_TYPES.get(name[name.rfind(".") :].lower()) if "." in name else None
+        if not _STATIC_NAME.match(name) or content_type is None:
+            raise web.HTTPNotFound()
+        resource = resources.files("streams.static").joinpath(name)
+        if not resource.is_file():
+            raise web.HTTPNotFound()
+        return web.Response(
+            body=resource.read_bytes(),
+            content_type=content_type,
+            charset="utf-8" if content_type.startswith("text/") else None,
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -223,6 +287,80 @@ class WebService(Service):
             {"columns": columns, "rows": rows[:limit], "truncated": truncated},
             dumps=_dumps,
         )
+
+    # -- the dashboard's JSON API (streams/dashboard_queries.py, docs/dashboard.md) ------------
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        document = resources.files("streams.static").joinpath("openapi.json").read_bytes()
+        return web.Response(body=document, content_type="application/json", charset="utf-8")
+
+    async def _dashboard(self, compute: Callable[[dq.Runner], Any]) -> web.Response:
+        """Run `compute` in the ClickHouse thread with a read-only runner; map its errors."""
+        ch = self.pipeline.clickhouse
+
+        def run(query: dq.Query) -> list[dq.Row]:
+            columns, rows = ch.query(query.sql, True, query.parameters)
+            return [dict(zip(columns, row, strict=True)) for row in rows]
+
+        try:
+            body = await asyncio.wait_for(ch.call(compute, run), timeout=DASHBOARD_TIMEOUT_S)
+        except dq.BadRequest as exc:
+            return web.json_response({"error": "bad_request", "message": str(exc)}, status=400)
+        except ClickHouseError as exc:
+            log.warning("dashboard query failed: %s", exc)
+            return web.json_response({"error": "query_failed", "message": str(exc)}, status=503)
+        except TimeoutError:
+            return web.json_response(
+                {"error": "timeout", "message": f"no answer within {DASHBOARD_TIMEOUT_S} s"},
+                status=504,
+            )
+        if body is None:
+            return web.json_response(
+                {"error": "not_found", "message": "no such referral"}, status=404
+            )
+        return web.json_response(body, dumps=_dumps)
+
+    async def filters(self, request: web.Request) -> web.Response:
+        return await self._dashboard(dq.api_filters)
+
+    async def kpis(self, request: web.Request) -> web.Response:
+        params = MultiDict(request.query)
+        return await self._dashboard(lambda run: dq.api_kpis(run, params))
+
+    async def funnel(self, request: web.Request) -> web.Response:
+        params = MultiDict(request.query)
+        return await self._dashboard(lambda run: dq.api_funnel(run, params))
+
+    async def stages(self, request: web.Request) -> web.Response:
+        params = MultiDict(request.query)
+        return await self._dashboard(lambda run: dq.api_stages(run, params))
+
+    async def rates(self, request: web.Request) -> web.Response:
+        params = MultiDict(request.query)
+        return await self._dashboard(lambda run: dq.api_rates(run, params))
+
+    async def worklist(self, request: web.Request) -> web.Response:
+        params = MultiDict(request.query)
+        return await self._dashboard(lambda run: dq.api_worklist(run, params))
+
+    async def referral(self, request: web.Request) -> web.Response:
+        org_id = request.match_info["org_id"]
+        referral_id = request.match_info["referral_id"]
+        return await self._dashboard(lambda run: dq.api_referral(run, org_id, referral_id))
+
+    async def alerts(self, request: web.Request) -> web.Response:
+        params = MultiDict(request.query)
+        return await self._dashboard(lambda run: dq.api_alerts(run, params))
+
+
+def _is_open(request: web.Request) -> bool:
+    """Served without the token: an exact open path, or a request the router matched to
+    /static/{name} (decided by the matched route, not by the path's text, so no spelling
+    of a path reaches a guarded handler through the open prefix)."""
+    if request.path in OPEN_PATHS:
+        return True
+    resource = getattr(request.match_info.route, "resource", None)
+    return isinstance(resource, web.AbstractResource) and resource.canonical == "/static/{name}"
 
 
 def _dumps(value: Any) -> str:

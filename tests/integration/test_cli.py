@@ -53,10 +53,11 @@ def test_api_token_guards_data_but_not_probes(deployment: Deployment) -> None:
     worker = Worker(deployment)
     try:
         worker.wait_ready()
-        for path in ("/api/pipeline", "/"):
+        for path in ("/api/pipeline", "/api/kpis"):
             status, body = worker.get(path)
             assert status == 401, path
             assert body["error"] == "unauthorized"
+        assert worker.get("/")[0] == 200  # the page carries no data; its API calls do
         request = urllib.request.Request(
             worker.url + "/api/pipeline", headers={"Authorization": "Bearer t0ken"}
         )

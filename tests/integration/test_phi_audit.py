@@ -407,11 +407,35 @@ def test_no_raw_patient_id_anywhere_the_pipeline_writes(
         from_raw = [r for r in read[topics.dlq] if b".raw." in r.value]
         assert len(from_raw) >= 4 * len(RAW_KINDS), len(from_raw)
 
-        # Every endpoint the worker serves (streams/web.py), and the page's own queries.
-        for path in ("/", "/healthz", "/readyz", "/metrics", "/api/pipeline"):
+        # Every endpoint the worker serves (streams/web.py), the dashboard's API over the
+        # whole period (and the timeline of some referrals), and its own queries.
+        span = json.loads(_get(worker, "/api/filters"))
+        window = f"from={span['date_min']}&to={span['date_max']}"
+        paths = [
+            "/",
+            "/static/app.js",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/api/pipeline",
+            "/api/filters",
+            "/api/openapi.json",
+            f"/api/kpis?{window}",
+            f"/api/funnel?{window}",
+            f"/api/stages?{window}",
+            f"/api/rates?{window}",
+            "/api/worklist?limit=2000",
+            "/api/alerts?state=all&limit=1000",
+        ]
+        worklist = json.loads(_get(worker, "/api/worklist?limit=2000"))["rows"]
+        assert worklist, "no at-risk referrals: the timeline audit would be empty"
+        paths += [f"/api/referrals/{r['org_id']}/{r['referral_id']}" for r in worklist[:20]]
+        for path in paths:
             body = _get(worker, path)
-            counts[f"http {path} bytes"] = len(body)
+            key = f"http {path.split('?')[0]} bytes"
+            counts[key] = counts.get(key, 0) + len(body)
             audit.search(f"GET {path}", body)
+        assert b"patient_ref" not in _get(worker, paths[-1])
         assert b"reftrack_events_processed" in _get(worker, "/metrics")
         for sql in DASHBOARD_SQL:
             audit.search(f"POST /api/query {sql!r}", _post_query(worker, sql))
