@@ -29,10 +29,13 @@ test-unit: venv
 test-integration: venv
 	$(BIN)/python -m pytest -q tests/integration
 
-## Longer hostile-input runs than `make test` (20,000 cases per canonical property, fresh
-## random seeds for the adapters' fuzz tests); minutes, not seconds.
+## Longer hostile-input runs than `make test`: 20,000 cases per canonical property, a
+## million coverage-guided atheris runs on canonical ingest, fresh random seeds for the
+## adapters' fuzz tests; minutes, not seconds.
 fuzz: venv
 	REFTRACK_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q tests/unit/test_fuzz_canonical.py
+	$(BIN)/python -m pip install --quiet atheris
+	PYTHONPATH=. $(BIN)/python tests/fuzz/atheris_ingest.py -runs=1000000 -max_len=70000
 	$(BIN)/python -m pytest -q tests/unit/test_adapter_fhir.py tests/unit/test_adapter_hl7v2.py \
 		tests/unit/test_adapter_comms_claims.py -k "fuzz or never or garbage or random"
 

@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 
 # `"patient_id": "..."` or `"patient_id": 123` in bytes that are not valid JSON (cut
 # off, wrong encoding, trailing garbage); and `"org_id": "..."` for the pseudonym.
-# A string value cut off by the end of the message counts too.
+# A string value cut off by the end of the message counts too; so does a key whose
+# opening quote a malformed string before it swallowed.
 _PATIENT_FIELD = re.compile(
-    rb'("patient_id"\s*:\s*)("(?:[^"\\]|\\.)*(?:"|\\?$)|-?[0-9][0-9.eE+-]*)'
+    rb'(patient_id"?\s*:\s*)(?!"p_[0-9a-f]{32}")("(?:[^"\\]|\\.)*(?:"|\\?$)|-?[0-9][0-9.eE+-]*)'
 )
 _ORG_FIELD = re.compile(rb'"org_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
@@ -59,8 +60,9 @@ def _redact_parsed(node: Any, key: bytes, org: str) -> bool:
         org_id = node.get("org_id")
         org = org_id if isinstance(org_id, str) else org
         for name, value in node.items():
-            if name == "patient_id" and value is not None and not isinstance(value, dict | list):
-                node[name] = pseudonymize(key, org, str(value))
+            if name == "patient_id" and value is not None:
+                text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+                node[name] = pseudonymize(key, org, text)
                 changed = True
             elif isinstance(value, dict | list):
                 changed |= _redact_parsed(value, key, org)
@@ -71,15 +73,30 @@ def _redact_parsed(node: Any, key: bytes, org: str) -> bool:
 
 
 def _redact_unparsed(raw: bytes, key: bytes) -> tuple[bytes, bool]:
+    """Every `patient_id: value` pair, found from each occurrence of the name in the
+    original bytes (so a broken string before one cannot hide it), value swapped."""
     org_match = _ORG_FIELD.search(raw)
     org = org_match[1].decode("utf-8", "replace") if org_match else ""
-
-    def swap(match: re.Match[bytes]) -> bytes:
-        value = match[2].removeprefix(b'"').removesuffix(b'"').decode("utf-8", "replace")
-        return match[1] + json.dumps(pseudonymize(key, org, value)).encode("ascii")
-
-    redacted, count = _PATIENT_FIELD.subn(swap, raw)
-    return (redacted, True) if count else (raw, False)
+    spans: list[tuple[int, int]] = []
+    at = raw.find(b"patient_id")
+    while at != -1:
+        match = _PATIENT_FIELD.match(raw, at)
+        if match:
+            begin, end = match.span(2)
+            if spans and begin < spans[-1][1]:  # overlapping: one value
+                before, after = spans.pop()
+                begin, end = min(begin, before), max(end, after)
+            spans.append((begin, end))
+        at = raw.find(b"patient_id", at + 1)
+    if not spans:
+        return raw, False
+    out, last = [], 0
+    for begin, end in spans:
+        value = raw[begin:end].removeprefix(b'"').removesuffix(b'"').decode("utf-8", "replace")
+        out += [raw[last:begin], json.dumps(pseudonymize(key, org, value)).encode("ascii")]
+        last = end
+    out.append(raw[last:])
+    return b"".join(out), True
 
 
 def dead_letter(
