@@ -203,7 +203,8 @@ class IdLinks:
                 log.warning("alias linked to two referrals; the first link is kept")
             return
         item = TrackedEvent.from_dict(doc["parked"])
-        if known is not None:
+        if known is not None:  # linked while this one was on its way: it waited too
+            self.metrics.adapter_parked.inc()
             await self._release([doc["parked"]], known)
             return
         if len(record["parked"]) >= MAX_PARKED_PER_ALIAS:
