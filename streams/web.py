@@ -323,25 +323,27 @@ class WebService(Service):
     async def filters(self, request: web.Request) -> web.Response:
         return await self._dashboard(dq.api_filters)
 
-    async def kpis(self, request: web.Request) -> web.Response:
+    async def _filtered(
+        self, request: web.Request, api: Callable[[dq.Runner, MultiDict[str]], Any]
+    ) -> web.Response:
+        """An endpoint that answers from the query string's filters (dashboard_queries)."""
         params = MultiDict(request.query)
-        return await self._dashboard(lambda run: dq.api_kpis(run, params))
+        return await self._dashboard(lambda run: api(run, params))
+
+    async def kpis(self, request: web.Request) -> web.Response:
+        return await self._filtered(request, dq.api_kpis)
 
     async def funnel(self, request: web.Request) -> web.Response:
-        params = MultiDict(request.query)
-        return await self._dashboard(lambda run: dq.api_funnel(run, params))
+        return await self._filtered(request, dq.api_funnel)
 
     async def stages(self, request: web.Request) -> web.Response:
-        params = MultiDict(request.query)
-        return await self._dashboard(lambda run: dq.api_stages(run, params))
+        return await self._filtered(request, dq.api_stages)
 
     async def rates(self, request: web.Request) -> web.Response:
-        params = MultiDict(request.query)
-        return await self._dashboard(lambda run: dq.api_rates(run, params))
+        return await self._filtered(request, dq.api_rates)
 
     async def worklist(self, request: web.Request) -> web.Response:
-        params = MultiDict(request.query)
-        return await self._dashboard(lambda run: dq.api_worklist(run, params))
+        return await self._filtered(request, dq.api_worklist)
 
     async def referral(self, request: web.Request) -> web.Response:
         org_id = request.match_info["org_id"]
@@ -349,8 +351,7 @@ class WebService(Service):
         return await self._dashboard(lambda run: dq.api_referral(run, org_id, referral_id))
 
     async def alerts(self, request: web.Request) -> web.Response:
-        params = MultiDict(request.query)
-        return await self._dashboard(lambda run: dq.api_alerts(run, params))
+        return await self._filtered(request, dq.api_alerts)
 
 
 def _is_open(request: web.Request) -> bool:
