@@ -11,8 +11,11 @@ from streams.broker import EmbeddedBroker, free_port
 from tests.integration.harness import Deployment
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One embedded broker per test module (it starts in well under a second): a module's
+    groups and topics never share a coordinator with leftovers of earlier modules, such as
+    the dead members and the in-memory data of the SIGKILL tests."""
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
     with EmbeddedBroker(free_port(), log_path=log) as running:
         yield running

@@ -30,8 +30,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_for(
-    predicate: Any, timeout: float, interval: float = 0.25, what: str = "condition"
+    predicate: Any,
+    timeout: float,
+    interval: float = 0.25,
+    what: str = "condition",
+    explain: Any = None,
 ) -> Any:
+    """Poll `predicate` until it is truthy. On a timeout the error says what was last
+    seen and, with `explain` (e.g. `Worker.diagnosis`), what the worker was doing."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -39,7 +45,15 @@ def wait_for(
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    detail = ""
+    if explain is not None:
+        try:
+            detail = "\n" + str(explain())
+        except Exception as exc:  # the diagnosis must not hide the timeout
+            detail = f"\n(no diagnosis: {exc!r})"
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){detail}"
+    )
 
 
 @dataclass
@@ -197,6 +211,17 @@ class Worker:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
+
+    def diagnosis(self) -> str:
+        """What a failed wait should show: the worker's counts, sinks and log tail."""
+        try:
+            state: Any = self.pipeline()
+        except Exception as exc:
+            state = f"/api/pipeline failed: {exc!r}"
+        alive = "running" if self.process.poll() is None else f"exited {self.process.returncode}"
+        return (
+            f"worker {alive}; /api/pipeline: {json.dumps(state)[:3000]}\nlog tail:\n{self.logs()}"
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
         if self.process.poll() is None:

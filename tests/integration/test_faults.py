@@ -144,7 +144,12 @@ def test_clickhouse_down_then_slow_then_back_loses_nothing(
     try:
         worker.wait_ready()
         produce(deployment.bootstrap, deployment.events_topic, keyed(first))
-        wait_for(lambda: stored(worker) == want_first, 60, what="the first batch stored")
+        wait_for(
+            lambda: stored(worker) == want_first,
+            60,
+            what="the first batch stored",
+            explain=worker.diagnosis,
+        )
         assert metric(worker, "reftrack_sink_failures_total") == 0
 
         # ClickHouse refuses every insert.
@@ -199,7 +204,12 @@ def test_clickhouse_down_then_slow_then_back_loses_nothing(
         time.sleep(2)
         (control / SLOW).unlink()
 
-        wait_for(lambda: stored(worker) == want_all, 90, what="both batches stored")
+        wait_for(
+            lambda: stored(worker) == want_all,
+            90,
+            what="both batches stored",
+            explain=worker.diagnosis,
+        )
         assert_accounting(worker, first + second, reference, now)
     finally:
         for name in (DOWN, SLOW):
@@ -229,7 +239,12 @@ def test_broker_unavailable_for_a_while_then_back(
         worker.wait_ready()
         pid = worker.process.pid
         produce(deployment.bootstrap, deployment.events_topic, keyed(first))
-        wait_for(lambda: stored(worker) == want_first, 60, what="the first batch stored")
+        wait_for(
+            lambda: stored(worker) == want_first,
+            60,
+            what="the first batch stored",
+            explain=worker.diagnosis,
+        )
         logged_before = len(worker.log_path.read_bytes())
 
         # The broker is unreachable for twice the session timeout.
@@ -241,7 +256,12 @@ def test_broker_unavailable_for_a_while_then_back(
         proxied_broker.proxy.restore()
 
         produce(deployment.bootstrap, deployment.events_topic, keyed(second))
-        wait_for(lambda: stored(worker) == want_all, 120, what="both batches stored")
+        wait_for(
+            lambda: stored(worker) == want_all,
+            120,
+            what="both batches stored",
+            explain=worker.diagnosis,
+        )
         assert_accounting(worker, first + second, reference, now)
         worker.wait_ready(60)
         assert worker.process.poll() is None and worker.process.pid == pid
@@ -287,7 +307,12 @@ def test_sigkill_inside_a_sink_flush_changes_nothing(
     worker = Worker(deployment)
     try:
         worker.wait_ready()
-        wait_for(lambda: stored(worker) == want, 90, what="every referral at its final version")
+        wait_for(
+            lambda: stored(worker) == want,
+            90,
+            what="every referral at its final version",
+            explain=worker.diagnosis,
+        )
         distinct = "SELECT uniqExact(org_id, referral_id, event_id) AS n FROM events"
         wait_for(
             lambda: worker.query(distinct) == [{"n": reference.distinct_events}],

@@ -74,18 +74,25 @@ def wait_until_stored(
     """Every referral at its final version and (with `rates`) every distinct event in a
     rate window."""
 
+    want = (len(reference.facts), reference.distinct_events, reference.distinct_events)
+    seen: list[tuple[int, int, int]] = []
+
     def stored() -> bool:
         status = worker.query("SELECT count() AS n, sum(version) AS v FROM referral_status")[0]
-        if not rates:
-            return (status["n"], status["v"]) == (len(reference.facts), reference.distinct_events)
-        counted = worker.query("SELECT sum(events) AS n FROM event_rates_1m")[0]
-        return (status["n"], status["v"], counted["n"]) == (
-            len(reference.facts),
-            reference.distinct_events,
-            reference.distinct_events,
-        )
+        counted = worker.query("SELECT sum(events) AS n FROM event_rates_1m")[0] if rates else {}
+        seen[:] = [(status["n"], status["v"], counted.get("n", want[2]))]
+        return seen[0] == want
 
-    wait_for(stored, timeout, interval=0.5, what="every snapshot and rate window in ClickHouse")
+    wait_for(
+        stored,
+        timeout,
+        interval=0.5,
+        what="every snapshot and rate window in ClickHouse",
+        explain=lambda: (
+            f"(referrals, sum of versions, events in rate windows): "
+            f"stored {seen[0] if seen else None}, want {want}\n{worker.diagnosis()}"
+        ),
+    )
 
 
 def assert_views_match(worker: Worker, reference: Reference, rates: bool = True) -> None:

@@ -80,7 +80,13 @@ def test_workers_share_the_work_and_survive_a_kill(deployment: Deployment, tmp_p
             done = {k: (s["version"], s["status"]) for k, s in latest.items()} == expected
             return latest if done else None
 
-        latest = wait_for(topic_complete, 240, interval=2, what="every final status on the topic")
+        latest = wait_for(
+            topic_complete,
+            240,
+            interval=2,
+            what="every final status on the topic",
+            explain=lambda: "\n\n".join(w.diagnosis() for w in workers),
+        )
         assert len(latest) == len(expected) > 1900
 
         union = wait_for(
