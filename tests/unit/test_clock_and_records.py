@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from schemas.events import TrackedEvent
 from schemas.referral import fold
 from streams.clock import Clock
-from streams.tracker import load_record, partition_of
+from streams.tracker import decode_record, encode_record, load_record, partition_of
 
 T0 = 1_735_689_600_000_000
 
@@ -54,3 +55,18 @@ def test_records_from_before_alerting_load_as_bare_state() -> None:
 def test_partition_of_matches_the_producers_partitioner(key: str) -> None:
     partitions = list(range(8))
     assert partition_of(key, 8) == DefaultPartitioner()(key.encode(), partitions, partitions)
+
+
+def test_stored_records_are_json_bytes_and_old_json_table_values_still_load() -> None:
+    """The referral table keeps records as JSON bytes; what the json codec wrote to the
+    changelog before (spaced separators) loads to the same record."""
+    state = fold([TrackedEvent("e1", "acme", "R-1", "referral.created", T0, "ehr", None, {})])
+    record = {"state": state.to_dict(), "alerts": {"routing_overdue": 5}, "deadline": 9, "p": 3}
+    stored = encode_record(record)
+    assert isinstance(stored, bytes) and b": " not in stored
+    assert decode_record(stored) == record
+    written_by_json_codec = json.dumps(record).encode()
+    for value in (stored, written_by_json_codec, bytearray(stored), record):
+        loaded, firing, deadline, partition = load_record(value)
+        assert loaded.to_dict() == state.to_dict()
+        assert (firing, deadline, partition) == ({"routing_overdue": 5}, 9, 3)
