@@ -67,7 +67,9 @@ def install() -> None:
             time.sleep(SLOW_SECONDS)
         real_insert(self, table, rows, columns)
         if table == "referral_state" and (directory / HOLD).exists():
-            (directory / INSIDE).write_text(str(len(rows)))
+            # written whole, then renamed: the test must never read an empty file
+            (directory / f"{INSIDE}.tmp").write_text(str(len(rows)))
+            (directory / f"{INSIDE}.tmp").rename(directory / INSIDE)
             while (directory / HOLD).exists():
                 time.sleep(0.05)
 

@@ -318,12 +318,18 @@ def test_sigkill_inside_a_sink_flush_changes_nothing(
             lambda: worker.query(distinct) == [{"n": reference.distinct_events}],
             60,
             what="every distinct event in the events table",
+            explain=lambda: (
+                f"{worker.query(distinct)} want {reference.distinct_events}\n" + worker.diagnosis()
+            ),
         )
         rates = "SELECT sum(events) AS n FROM event_rates_1m"
         wait_for(
             lambda: worker.query(rates) == [{"n": reference.distinct_events}],
             60,
             what="every distinct event counted once in event_rates_1m",
+            explain=lambda: (
+                f"{worker.query(rates)} want {reference.distinct_events}\n" + worker.diagnosis()
+            ),
         )
     finally:
         assert worker.stop() == 0, worker.logs()
