@@ -32,12 +32,12 @@ class DeadlineIndex:
     def get(self, key: str) -> int | None:
         return self._current.get(key)
 
-    def pop_due(self, now: int) -> list[str]:
+    def pop_due(self, now: int, limit: int | None = None) -> list[str]:
         """Remove and return the keys whose deadline is before `now` (a flag holds once
-        now > deadline), earliest first."""
-        due = []
+        now > deadline), earliest first; at most `limit` of them (the rest stay due)."""
+        due: list[str] = []
         heap, current = self._heap, self._current
-        while heap and heap[0][0] < now:
+        while heap and heap[0][0] < now and (limit is None or len(due) < limit):
             deadline, key = heapq.heappop(heap)
             if current.get(key) == deadline:
                 del current[key]

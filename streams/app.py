@@ -37,6 +37,18 @@ REFERRAL_TABLE = "referral-state"
 WINDOW_TABLE = "rate-windows"
 ALIAS_TABLE = "id-links"
 
+# RocksDB keeps one database per table and partition (24 with 8 partitions), and Faust's
+# defaults give each up to 3 x 64 MiB of memtables and its own 2 GiB block cache: memory
+# that grows with the data until those limits. These bound each database to 2 x 8 MiB of
+# memtables and 16 MiB of cache; the tables are written far below the rate that would
+# need larger write buffers (docs/performance.md, "Recovery and memory").
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 8 << 20,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 16 << 20,
+    "block_cache_compressed_size": 4 << 20,
+}
+
 
 @dataclass
 class Pipeline:
@@ -90,12 +102,17 @@ def create_pipeline(settings: Settings) -> Pipeline:
     idlinks = raw_topic(names.idlinks)
     raw_sources = {kind: raw_topic(name) for kind, name in names.raw.items()}
 
+    def store_options() -> dict[str, int] | None:
+        # A fresh dict per table: Faust's RocksDB store pops keys from the one it gets.
+        return dict(ROCKSDB_OPTIONS) if settings.store == "rocksdb" else None
+
     def json_table(name: str) -> Any:
         return app.Table(
             name,
             default=None,
             partitions=settings.partitions,
             schema=faust.Schema(key_serializer="json", value_serializer="json"),
+            options=store_options(),
         )
 
     # Values are the records' JSON bytes, decoded by the tracker (tracker.decode_record):
@@ -103,7 +120,12 @@ def create_pipeline(settings: Settings) -> Pipeline:
     # (Faust takes a table's serializers from key_type/value_type: bytes is "raw", and
     # anything else "json".)
     table = app.Table(
-        REFERRAL_TABLE, default=None, partitions=settings.partitions, key_type=str, value_type=bytes
+        REFERRAL_TABLE,
+        default=None,
+        partitions=settings.partitions,
+        key_type=str,
+        value_type=bytes,
+        options=store_options(),
     )
     windows = WindowCounter(
         table=json_table(WINDOW_TABLE),

@@ -232,20 +232,38 @@ class Tracker:
         if not assigned:
             return
         started = time.perf_counter()
-        async with self._lock:
-            self._ensure_owned(assigned)
-            now = self.clock.now()
-            batch: dict[str, Entry] = {}
-            for number in sorted(assigned):
-                self._fire_due(self._owned[number], now, batch)
-            await self._finish(batch)
+        now = self.clock.now()
+        more, first = True, True
+        while more:
+            # In chunks, releasing the lock and the event loop in between: after an outage
+            # hundreds of thousands of referrals can be due at once, and judging them in
+            # one go held the loop for minutes (found by bench.recovery: Faust's consumer
+            # keepalive failed and the worker could not stop).
+            async with self._lock:
+                if first:  # later chunks must not take back a partition revoked meanwhile
+                    self._ensure_owned(assigned)
+                    first = False
+                batch: dict[str, Entry] = {}
+                more = False
+                for number in sorted(assigned):
+                    if number in self._owned:  # not revoked while the lock was free
+                        owned = self._owned[number]
+                        more |= self._fire_due(owned, now, batch, TICK_CHUNK) == TICK_CHUNK
+                await self._finish(batch)
+            if more:
+                await asyncio.sleep(0)
         self.metrics.alert_tick_seconds.observe(time.perf_counter() - started)
 
-    def _fire_due(self, owned: OwnedPartition, now: int, batch: dict[str, Entry]) -> None:
-        for key in owned.index.pop_due(now):
+    def _fire_due(
+        self, owned: OwnedPartition, now: int, batch: dict[str, Entry], limit: int | None = None
+    ) -> int:
+        """Judge the referrals of `owned` due by `now` (at most `limit`); how many."""
+        due = owned.index.pop_due(now, limit)
+        for key in due:
             entry = self._entry(batch, key, owned.number, None)
             if entry is not None:
                 self._judge(entry, now)
+        return len(due)
 
     def _judge(self, entry: Entry, now: int) -> None:
         entry.now = now
@@ -431,6 +449,9 @@ class Tracker:
             self.pseudonym_key,
         )
 
+
+# Due referrals judged per partition before a tick lets other work run (see `tick`).
+TICK_CHUNK = 1000
 
 _OPEN = frozenset({"created", "routed", "contacted", "scheduled", "seen"})
 

@@ -58,3 +58,16 @@ def test_matches_a_dict_model(steps: list[tuple[str, object, object]]) -> None:
                 del model[k]
         assert len(index) == len(model)
         assert index.next() == (min(model.values()) if model else None)
+
+
+def test_pop_due_with_a_limit_takes_the_earliest_and_leaves_the_rest_due() -> None:
+    index = DeadlineIndex()
+    for i, key in enumerate("abcdefg"):
+        index.set(key, 10 + i)
+    index.set("z", 100)  # not due
+    assert index.pop_due(50, limit=3) == ["a", "b", "c"]
+    assert len(index) == 5
+    assert index.pop_due(50, limit=3) == ["d", "e", "f"]
+    assert index.pop_due(50, limit=3) == ["g"]
+    assert index.pop_due(50, limit=3) == []
+    assert index.get("z") == 100
