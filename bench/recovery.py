@@ -138,25 +138,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                 say(f"writing {n:,} referral records to {topic} ...")
                 wrote = asyncio.run(write_changelog(broker.bootstrap, topic, args.partitions, n))
                 say(f"  written in {wrote:.1f} s")
-                result = measure(full, n, store)
-                per = (result["rss"] - baseline["rss"]) / n
-                say(
-                    f"{store}, {n:,}: ready in {result['ready']:.1f} s, index rebuilt in "
-                    f"{result['rebuild']:.1f} s, RSS {result['rss'] / 2**20:.0f} MiB, "
-                    f"{per:,.0f} bytes per open referral"
-                )
-                rows.append((store, n, "new machine", result, baseline, per))
-                if store == "rocksdb":
-                    # the same worker restarted after a clean stop, on its own disk: RocksDB
-                    # reads only the changelog written after its last flushed offsets
-                    again = measure(full, n, store, name=f"recovery-{store}-restart")
-                    per = (again["rss"] - baseline["rss"]) / n
+                # RocksDB is then restarted after a clean stop, on its own disk: it reads
+                # only the changelog written after its last flushed offsets
+                starts = ["new machine"] + (["restart, own disk"] if store == "rocksdb" else [])
+                for how in starts:
+                    name = f"recovery-{store}" + ("-restart" if how != "new machine" else "")
+                    result = measure(full, n, store, name=name)
+                    per = (result["rss"] - baseline["rss"]) / n
                     say(
-                        f"{store}, {n:,}, restart on its own disk: ready in "
-                        f"{again['ready']:.1f} s, index rebuilt in {again['rebuild']:.1f} s, "
-                        f"RSS {again['rss'] / 2**20:.0f} MiB"
+                        f"{store}, {n:,}, {how}: ready in {result['ready']:.1f} s, index "
+                        f"rebuilt in {result['rebuild']:.1f} s, RSS "
+                        f"{result['rss'] / 2**20:.0f} MiB, {per:,.0f} bytes per open referral"
                     )
-                    rows.append((store, n, "restart, own disk", again, baseline, per))
+                    rows.append((store, n, how, result, baseline, per))
 
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
