@@ -45,6 +45,21 @@ def union_of_stored(workers: list[Worker]) -> dict[tuple[str, str], tuple[int, s
     return union
 
 
+def topic_difference(
+    latest: dict[tuple[str, str], dict[str, Any]], expected: dict[tuple[str, str], Any]
+) -> str:
+    """How the status topic differs from the expected (version, status) per referral."""
+    found = {k: (s["version"], s["status"]) for k, s in latest.items()}
+    missing = sorted(expected.keys() - found.keys())
+    wrong = sorted(k for k in expected.keys() & found.keys() if found[k] != expected[k])
+    extra = sorted(found.keys() - expected.keys())
+    examples = [(k, found[k], expected[k]) for k in wrong[:5]]
+    return (
+        f"status topic vs expected: {len(missing)} missing {missing[:5]}, {len(wrong)} at "
+        f"another (version, status) {examples}, {len(extra)} unexpected {extra[:5]}"
+    )
+
+
 def test_workers_share_the_work_and_survive_a_kill(deployment: Deployment, tmp_path: Path) -> None:
     deployment.partitions = 6
     traffic, _, reference = reference_scenario(tmp_path)
@@ -85,7 +100,10 @@ def test_workers_share_the_work_and_survive_a_kill(deployment: Deployment, tmp_p
             240,
             interval=2,
             what="every final status on the topic",
-            explain=lambda: "\n\n".join(w.diagnosis() for w in workers),
+            explain=lambda: (
+                f"{topic_difference(latest_on_topic(deployment), expected)}\n\n"
+                + "\n\n".join(w.diagnosis() for w in workers)
+            ),
         )
         assert len(latest) == len(expected) > 1900
 
