@@ -85,6 +85,12 @@ def faust_ceiling(bootstrap: str, topic: str, expected: int) -> float:
     raise RuntimeError(f"faust ceiling printed no figure:\n{out.stdout}\n{out.stderr[-3000:]}")
 
 
+def sinks_drained(body: dict) -> bool:
+    """Every sink of a worker (its /api/pipeline body) has written all it read, and read
+    all there is."""
+    return not any(s["rows_pending"] or any(s["lag"].values()) for s in body["sinks"])
+
+
 def pipeline_run(deployment: Deployment, expected: int) -> tuple[float, dict[str, object]]:
     worker = Worker(deployment, name="bench-worker")
     try:
@@ -126,8 +132,7 @@ def pipeline_run(deployment: Deployment, expected: int) -> tuple[float, dict[str
             if not processed_at:
                 processed_at.append(time.perf_counter())
                 say(f"  every message processed after {processed_at[0] - first:.1f} s")
-            sinks = body["sinks"]
-            if any(s["rows_pending"] or any(s["lag"].values()) for s in sinks):
+            if not sinks_drained(body):
                 return None
             return body
 
@@ -209,9 +214,8 @@ def scaling_run(
             accounted = [b["counts"]["accounted"] for b in bodies]
             if sum(accounted) < expected:
                 return None
-            for body in bodies:
-                if any(s["rows_pending"] or any(s["lag"].values()) for s in body["sinks"]):
-                    return None
+            if not all(sinks_drained(body) for body in bodies):
+                return None
             return accounted
 
         shares = wait_for(landed, 1800, interval=0.2, what="everything in ClickHouse")
