@@ -27,6 +27,7 @@ from sinks.topic_sink import SinkTarget, TopicSink
 from streams.adapt import IdLinks, register_adapters, register_id_links
 from streams.clock import Clock
 from streams.config import Settings, Topics
+from streams.faust_compat import install_consumer_fixes
 from streams.ingest import register_ingest
 from streams.kafka_compat import install_end_offsets_probe, install_fetch_max_wait
 from streams.metrics import Metrics
@@ -67,6 +68,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
     if settings.kafka_end_offsets_probe:
         install_end_offsets_probe()
     install_fetch_max_wait(settings.kafka_fetch_max_wait_ms)
+    install_consumer_fixes()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     session = settings.session_timeout
     app = faust.App(

@@ -155,6 +155,12 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.tracker_out_of_sequence = Counter(
+            "reftrack_tracker_out_of_sequence_events",
+            "Tracked events delivered out of offset order after a rebalance, held back and "
+            "read again in order (streams/faust_compat.py)",
+            registry=r,
+        )
         self.alert_tick_seconds = Histogram(
             "reftrack_alert_tick_seconds",
             "Time to judge the referrals due at one clock tick",

@@ -27,12 +27,13 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from faust.types import AppT, EventT, TableT, TopicT
+from faust.types import TP, AppT, EventT, TableT, TopicT
 
 from schemas.alerts import reconcile
 from schemas.deadlines import DeadlineIndex
@@ -44,6 +45,7 @@ from schemas.sla import SlaPolicy
 from schemas.snapshot import status_snapshot
 from streams.clock import Clock
 from streams.dlq import send_dead_letter
+from streams.faust_compat import read_again, resume_offset
 from streams.metrics import Metrics
 from streams.table_writes import ChangelogWrites, acting_for
 from streams.windows import WindowCounter
@@ -145,7 +147,13 @@ class Tracker:
     partitions: int
     policy: SlaPolicy = field(default_factory=SlaPolicy.default)
     clock: Clock = field(default_factory=lambda: Clock("wall"))
+    # Where the consumer resumed a partition after an assignment (None: unknown), and a
+    # request to read a partition again from an offset (streams.faust_compat).
+    resume_offset: Callable[[int], int | None] = lambda partition: None
+    read_again: Callable[[int, int], None] = lambda partition, offset: None
     _owned: dict[int, OwnedPartition] = field(default_factory=dict)
+    _next_offset: dict[int, int | None] = field(default_factory=dict)
+    _held: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # see _first_available
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -164,7 +172,7 @@ class Tracker:
 
     async def _process(self, events: list[EventT]) -> None:
         by_partition: dict[int, list[Item]] = {}
-        for event in events:
+        for event in self._in_sequence(events):
             try:
                 tracked_event = TrackedEvent.from_json(event.message.value or b"")
             except Exception as exc:
@@ -198,6 +206,74 @@ class Tracker:
                 if entry.had_events:
                     self._judge(entry, wall_now)
         await self._finish(batch)
+
+    def _in_sequence(self, events: list[EventT]) -> list[EventT]:
+        """The events that continue each partition's sequence, in offset order.
+
+        Rate windows count a redelivered offset at or below a cell's highest as already
+        counted (schemas/windows.py), so each partition must be processed in offset order
+        with no message skipped. Faust's consumer can deliver a message out of that order
+        after a rebalance (streams/faust_compat.py). Such an event, and every later one of
+        its partition in the batch, is left unprocessed and unacknowledged (so never
+        committed), and the partition is read again from the first offset missing."""
+        by_partition: dict[int, list[EventT]] = {}
+        for event in events:
+            by_partition.setdefault(event.message.partition, []).append(event)
+        kept: list[EventT] = []
+        for number, items in by_partition.items():
+            items.sort(key=lambda event: event.message.offset)
+            if number not in self._next_offset:  # first batch since the assignment
+                self._next_offset[number] = self.resume_offset(number)
+            expected = self._next_offset[number]
+            for i, event in enumerate(items):
+                offset = event.message.offset
+                if expected is not None and offset > expected:
+                    first_time = self._held.get(number, (None,))[0] != expected
+                    expected = self._first_available(number, expected, offset)
+                if expected is not None and offset > expected:
+                    for held in items[i:]:
+                        held.message.acked = True  # not processed: must not be committed
+                    self.metrics.tracker_out_of_sequence.inc(len(items) - i)
+                    if first_time:
+                        log.warning(
+                            "%s/%d: got offset %d while %d was expected; reading again",
+                            self.tracked_topic,
+                            number,
+                            offset,
+                            expected,
+                        )
+                    self.read_again(number, expected)
+                    break
+                kept.append(event)
+                if expected is None or offset >= expected:
+                    expected = offset + 1
+            self._next_offset[number] = expected
+        return kept
+
+    def _first_available(self, number: int, expected: int, offset: int) -> int:
+        """`expected`, unless reading the partition again from there has, for
+        GONE_AFTER_SECONDS, only ever answered from later offsets: then the missing ones
+        are gone from the broker (retention deleted them while nobody consumed the
+        partition), and the smallest offset it answered with is where to continue.
+        Holding back for ever would stall the partition."""
+        now = time.monotonic()
+        held = self._held.get(number)
+        if held is None or held[0] != expected:
+            held = (expected, offset, now)
+        held = (expected, min(held[1], offset), held[2])
+        self._held[number] = held
+        if now - held[2] < GONE_AFTER_SECONDS:
+            return expected
+        log.error(
+            "%s/%d: offsets %d to %d are no longer on the broker; continuing from %d",
+            self.tracked_topic,
+            number,
+            expected,
+            held[1] - 1,
+            held[1],
+        )
+        del self._held[number]
+        return held[1]
 
     def _apply(
         self, batch: dict[str, Entry], number: int, event: EventT, tracked: TrackedEvent, now: int
@@ -420,6 +496,8 @@ class Tracker:
     def forget(self, numbers: set[int]) -> None:
         """Drop what this worker kept for partitions it no longer owns."""
         for number in numbers:
+            self._next_offset.pop(number, None)
+            self._held.pop(number, None)
             owned = self._owned.pop(number, None)
             if owned is None:
                 continue
@@ -452,6 +530,9 @@ class Tracker:
 
 # Due referrals judged per partition before a tick lets other work run (see `tick`).
 TICK_CHUNK = 1000
+# How long a partition is read again from a missing offset, answering only from later
+# ones, before the missing offsets are taken as deleted (Tracker._first_available).
+GONE_AFTER_SECONDS = 60.0
 
 _OPEN = frozenset({"created", "routed", "contacted", "scheduled", "seen"})
 
@@ -475,4 +556,9 @@ def register_tracker(
         except Exception:  # keep the timer alive; the next tick tries again
             log.exception("alert tick failed")
 
+    topic = tracker.tracked_topic
+    tracker.resume_offset = lambda partition: resume_offset(app.consumer, TP(topic, partition))
+    tracker.read_again = lambda partition, offset: read_again(
+        app.consumer, TP(topic, partition), offset
+    )
     return app.agent(tracked, name="reftrack.tracker")(track)

@@ -1,0 +1,238 @@
+"""The consumer fixes of streams.faust_compat: what a commit may cover, when a partition
+is read again, and where partitions without a committed offset start.
+
+The functions are Faust's own consumer methods, patched; they are exercised here on a
+stand-in holding the same bookkeeping attributes (the real thing runs in every
+integration test, and the multi-worker SIGKILL test is what found the holes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.types import TP
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams import faust_compat
+from streams.faust_compat import _new_offset, perform_seek
+
+EVENTS = TP("events", 0)
+CHANGELOG = TP("app-table-changelog", 0)
+
+
+class FakeThread:
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TP, int]] = []
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+class StandIn:
+    """The attributes of faust.transport.consumer.Consumer the fixes read and write."""
+
+    def __init__(self, committed: dict[TP, int | None] | None = None) -> None:
+        self._acked: dict[TP, list[int]] = defaultdict(list)
+        self._acked_index: dict[TP, set[int]] = defaultdict(set)
+        self._gap: dict[TP, Any] = {}
+        self._read_offset: dict[TP, int | None] = defaultdict(lambda: None)
+        self._committed_offset: dict[TP, int | None] = defaultdict(lambda: None)
+        self._thread = FakeThread()
+        self._broker_committed = committed or {}
+        self._earliest: dict[TP, int] = {}
+        self.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}))
+
+    _seek_sync = faust_compat._seek_sync
+
+    def ack(self, tp: TP, *offsets: int) -> None:
+        for offset in offsets:
+            self._acked[tp].append(offset)
+            self._acked_index[tp].add(offset)
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        return dict(self._broker_committed)
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self._earliest.get(tp, 0) for tp in tps}
+
+
+def test_a_contiguous_run_from_the_committed_offset_is_committed() -> None:
+    c = StandIn()
+    c._committed_offset[EVENTS] = 10
+    c.ack(EVENTS, 12, 10, 11)
+    assert _new_offset(c, EVENTS) == 13
+    assert c._acked[EVENTS] == [] and c._acked_index[EVENTS] == set()
+
+
+def test_a_missing_first_message_is_never_committed_past_and_is_read_again() -> None:
+    # Faust itself would commit 13 here: it tolerates one missing offset at the head.
+    c = StandIn()
+    c._committed_offset[EVENTS] = 10
+    c._read_offset[EVENTS] = 12
+    c.ack(EVENTS, 11, 12)
+    assert _new_offset(c, EVENTS) is None
+    assert c._thread.seeks == [(EVENTS, 10)]
+    assert c._read_offset[EVENTS] == 10  # re-fetched messages are not skipped as old
+    # once it is processed, the whole run commits
+    c.ack(EVENTS, 10)
+    assert _new_offset(c, EVENTS) == 13
+
+
+def test_reading_again_is_rate_limited_per_partition() -> None:
+    c = StandIn()
+    c._committed_offset[EVENTS] = 0
+    c.ack(EVENTS, 5)
+    assert _new_offset(c, EVENTS) is None
+    assert _new_offset(c, EVENTS) is None
+    assert c._thread.seeks == [(EVENTS, 0)]
+
+
+def test_recorded_gaps_are_not_filled_into_the_run() -> None:
+    c = StandIn()
+    c._committed_offset[EVENTS] = 3
+    c._gap[EVENTS] = object()  # Faust's interval tree of "gaps"
+    c.ack(EVENTS, 3, 4, 9, 10)
+    assert _new_offset(c, EVENTS) == 5  # stops at the first missing offset
+    assert EVENTS not in c._gap
+
+
+def test_offsets_below_the_committed_one_are_forgotten() -> None:
+    c = StandIn()
+    c._committed_offset[EVENTS] = 7
+    c.ack(EVENTS, 5, 6)
+    assert _new_offset(c, EVENTS) is None
+    assert c._acked[EVENTS] == [] and c._thread.seeks == []
+
+
+def test_a_partition_never_committed_starts_from_its_earliest_offset() -> None:
+    fresh, committed = TP("events", 1), TP("events", 2)
+    c = StandIn({fresh: None, committed: 40, CHANGELOG: None})
+    c._earliest[fresh] = 0
+    c._read_offset[fresh] = 684  # where dropped fetches had left it
+    asyncio.run(perform_seek(c))
+    assert c._thread.seeks == [(fresh, 0)]  # the changelog is left to table recovery
+    assert c._read_offset[fresh] is None and c._read_offset[committed] == 40
+    assert c._committed_offset[committed] == 40
+    # and its first commit must start at that earliest offset
+    c.ack(fresh, 1, 2)
+    assert _new_offset(c, fresh) is None
+    c.ack(fresh, 0)
+    assert _new_offset(c, fresh) == 3
+
+
+def test_a_retained_log_starts_where_its_earliest_offset_is() -> None:
+    fresh = TP("events", 3)
+    c = StandIn({fresh: None})
+    c._earliest[fresh] = 500  # older messages deleted by retention
+    asyncio.run(perform_seek(c))
+    assert c._thread.seeks == [(fresh, 500)]
+    c.ack(fresh, 500, 501)
+    assert _new_offset(c, fresh) == 502
+
+
+@given(
+    start=st.integers(0, 50),
+    processed=st.sets(st.integers(0, 120), max_size=60),
+)
+def test_a_commit_never_covers_an_unprocessed_offset(start: int, processed: set[int]) -> None:
+    c = StandIn()
+    c._committed_offset[EVENTS] = start
+    c.ack(EVENTS, *sorted(processed))
+    offset = _new_offset(c, EVENTS)
+    if offset is None:
+        assert start not in processed
+    else:
+        assert all(o in processed for o in range(start, offset))
+        assert offset not in processed
+
+
+@pytest.mark.parametrize("committed", [None, 0])
+def test_without_a_start_the_first_run_is_committed(committed: int | None) -> None:
+    # before any seek (no starting point known) Faust's behaviour, minus the gaps
+    c = StandIn()
+    c._committed_offset[EVENTS] = committed
+    c.ack(EVENTS, 0, 1, 2, 5)
+    assert _new_offset(c, EVENTS) == 3
+
+
+# -- the tracker's guard: each partition processed in offset order, nothing skipped ------
+
+
+class Sequencer:
+    """The attributes Tracker._in_sequence uses."""
+
+    def __init__(self, resume: dict[int, int | None]) -> None:
+        from streams.metrics import Metrics
+
+        self._next_offset: dict[int, int | None] = {}
+        self._held: dict[int, Any] = {}
+        self.metrics = Metrics()
+        self.tracked_topic = "tracked"
+        self.resume_offset = lambda partition: resume.get(partition)
+        self.asked: list[tuple[int, int]] = []
+        self.read_again = lambda partition, offset: self.asked.append((partition, offset))
+
+    def _first_available(self, number: int, expected: int, offset: int) -> int:
+        from streams.tracker import Tracker
+
+        return Tracker._first_available(self, number, expected, offset)  # type: ignore[arg-type]
+
+    def run(self, *events: Any) -> list[tuple[int, int]]:
+        from streams.tracker import Tracker
+
+        kept = Tracker._in_sequence(self, list(events))  # type: ignore[arg-type]
+        return [(e.message.partition, e.message.offset) for e in kept]
+
+
+def event(partition: int, offset: int) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(partition=partition, offset=offset, acked=False))
+
+
+def test_events_continuing_the_sequence_are_kept_in_offset_order() -> None:
+    s = Sequencer({0: 10, 1: None})
+    assert s.run(event(0, 11), event(1, 7), event(0, 10), event(1, 8)) == [
+        (0, 10),
+        (0, 11),
+        (1, 7),
+        (1, 8),
+    ]
+    assert s._next_offset == {0: 12, 1: 9} and s.asked == []
+
+
+def test_an_event_past_a_missing_offset_is_held_back_unacknowledged_and_read_again() -> None:
+    s = Sequencer({0: 0})
+    late = [event(0, 87), event(0, 88)]
+    assert s.run(*late, event(0, 0)) == [(0, 0)]
+    assert all(e.message.acked for e in late)  # Faust will not commit them
+    assert s.asked == [(0, 1)] and s._next_offset[0] == 1
+    assert s.metrics.total(s.metrics.tracker_out_of_sequence) == 2
+    # read again in order, they are kept
+    assert s.run(event(0, 1), event(0, 2)) == [(0, 1), (0, 2)]
+
+
+def test_redelivered_offsets_below_the_sequence_are_kept() -> None:
+    # already processed: the state and the windows recognise them (idempotent)
+    s = Sequencer({0: 5})
+    assert s.run(event(0, 5), event(0, 6)) == [(0, 5), (0, 6)]
+    assert s.run(event(0, 5), event(0, 7)) == [(0, 5), (0, 7)]
+    assert s._next_offset[0] == 8
+
+
+def test_offsets_the_broker_no_longer_has_are_given_up_after_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # committed 10, but retention deleted up to 499 while nobody consumed the partition:
+    # reading again from 10 keeps answering from 500
+    import streams.tracker
+
+    s = Sequencer({0: 10})
+    assert s.run(event(0, 520), event(0, 521)) == []
+    assert s.run(event(0, 500)) == []  # still within the grace period
+    monkeypatch.setattr(streams.tracker, "GONE_AFTER_SECONDS", 0.0)
+    assert s.run(event(0, 501)) == []  # continue from the smallest offset it answered
+    assert s._next_offset[0] == 500 and s.asked[-1] == (0, 500)
+    assert s.run(event(0, 500), event(0, 501)) == [(0, 500), (0, 501)]
