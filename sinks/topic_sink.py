@@ -80,6 +80,7 @@ class TopicSink(Service):
         metrics.sink_last_flush.labels(name).set(0)
         self.drain_seconds = drain_seconds
         self._consumer: AIOKafkaConsumer | None = None
+        self._joined = False  # its consumer has started (joined its group)
         self._rows: dict[str, Rows] = {t.table: [] for t in self.targets}
         self._offsets: dict[TopicPartition, int] = {}
         self._read: dict[TopicPartition, int] = {}
@@ -111,11 +112,15 @@ class TopicSink(Service):
             max_poll_records=self.batch_rows,
             **self.consumer_options,
         )
-        await self._consumer.start()
 
     @Service.task
     async def _run(self) -> None:
         assert self._consumer is not None
+        # Started here, not in on_start: joining a consumer group takes seconds on some
+        # brokers (about 3 s each on the embedded one), and the worker starts its
+        # services one after another; this way the four sinks join at the same time.
+        await self._consumer.start()
+        self._joined = True
         while not self.should_stop:
             try:
                 room = max(1, self.batch_rows - self._messages)
@@ -214,6 +219,10 @@ class TopicSink(Service):
     async def on_stop(self) -> None:
         consumer = self._consumer
         if consumer is None:
+            return
+        if not self._joined:  # stopped while still joining: nothing read, nothing to drain
+            self._consumer = None
+            await consumer.stop()
             return
         try:
             async with self._lock:
