@@ -21,10 +21,14 @@ together explain every loss those tests saw:
    messages below the offset it last read) is then committed past: lost for good. The
    exactly-once test once counted 12,008 of 12,009 events this way.
 3. **Nothing repairs a hole** once messages behind it are processed: the partition is
-   stuck below the hole, or (2) commits past it.
+   stuck below the hole, or (2) commits past it. And Faust's fetch loop drops every
+   message below the offset it last read, so when a stale message is delivered after a
+   seek back, the messages the seek was for are dropped again.
 
 The fixes, installed by `install_consumer_fixes()`:
 
+- The fetch loop delivers what the client returns (`NoReadOffsets`): a seek back is
+  always followed by the messages it asked for.
 - `perform_seek` also seeks every stream partition without a committed offset to its
   earliest offset (what `auto_offset_reset="earliest"` promises) and remembers that
   offset as the partition's starting point. All its waiting happens before it updates
@@ -173,8 +177,32 @@ def _read_again(self: Any, tp: TP, missing: int, first_done: int | None) -> None
         log.info("could not seek %s/%s back to %d: %s", tp.topic, tp.partition, missing, exc)
 
 
+class NoReadOffsets(dict):  # type: ignore[type-arg]
+    """Faust's `_read_offset` map, made to answer None: its fetch loop then delivers every
+    message the client returns instead of dropping those below the offset it last read.
+
+    That guard only ever dropped messages the consumer had been sought back to read
+    again (after a rebalance, or by `read_again`), and a stale message delivered after
+    the seek moved it past them: the re-read messages were dropped, and the partition
+    stalled below them. Offsets still go in (Faust writes them); they are never read.
+    aiokafka itself never returns a record twice without a seek, and every consumer of
+    reftrack's topics is idempotent for the messages a seek re-reads."""
+
+    def __getitem__(self, key: Any) -> None:
+        return None
+
+
+_original_init = Consumer.__init__
+
+
+def _init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _original_init(self, *args, **kwargs)
+    self._read_offset = NoReadOffsets()
+
+
 def install_consumer_fixes() -> None:
     """Patch Faust's consumer in this process (idempotent)."""
+    Consumer.__init__ = _init  # type: ignore[method-assign]
     Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     Consumer._seek_sync = _seek_sync  # type: ignore[attr-defined]

@@ -247,8 +247,16 @@ class Tracker:
                 kept.append(event)
                 if expected is None or offset >= expected:
                     expected = offset + 1
+                    self._held.pop(number, None)  # the sequence moved on
             self._next_offset[number] = expected
         return kept
+
+    def retry_held(self) -> None:
+        """Ask again for the partitions still waiting for a missing offset: a read again
+        can be undone by a stale fetch, and no new event may come to ask for it."""
+        for number, (expected, _, _) in list(self._held.items()):
+            if self._next_offset.get(number) == expected:
+                self.read_again(number, expected)
 
     def _first_available(self, number: int, expected: int, offset: int) -> int:
         """`expected`, unless reading the partition again from there has, for
@@ -552,6 +560,7 @@ def register_tracker(
     @app.timer(interval=tick_seconds, name="reftrack.alert_tick")
     async def tick() -> None:
         try:
+            tracker.retry_held()
             await tracker.tick(app)
         except Exception:  # keep the timer alive; the next tick tries again
             log.exception("alert tick failed")

@@ -236,3 +236,24 @@ def test_offsets_the_broker_no_longer_has_are_given_up_after_a_while(
     assert s.run(event(0, 501)) == []  # continue from the smallest offset it answered
     assert s._next_offset[0] == 500 and s.asked[-1] == (0, 500)
     assert s.run(event(0, 500), event(0, 501)) == [(0, 500), (0, 501)]
+
+
+def test_a_partition_still_waiting_is_asked_for_again_until_the_sequence_moves() -> None:
+    from streams.tracker import Tracker
+
+    s = Sequencer({0: 3})
+    assert s.run(event(0, 9)) == []
+    Tracker.retry_held(s)  # type: ignore[arg-type]
+    assert s.asked == [(0, 3), (0, 3)]
+    assert s.run(event(0, 3)) == [(0, 3)]
+    Tracker.retry_held(s)  # type: ignore[arg-type]
+    assert s.asked == [(0, 3), (0, 3)] and s._held == {}
+
+
+def test_faust_read_offsets_never_make_its_fetch_loop_drop_a_message() -> None:
+    # Faust's loop drops a fetched message when `offset < read_offset[tp]`; None never does
+    offsets = faust_compat.NoReadOffsets()
+    offsets[EVENTS] = 5000
+    assert offsets[EVENTS] is None and offsets.get(EVENTS) == 5000
+    offsets.update({EVENTS: 7})
+    assert offsets[EVENTS] is None and EVENTS in offsets
