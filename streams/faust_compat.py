@@ -31,16 +31,14 @@ The fixes, installed by `install_consumer_fixes()`:
   always followed by the messages it asked for.
 - `perform_seek` also seeks every stream partition without a committed offset to its
   earliest offset (what `auto_offset_reset="earliest"` promises) and remembers that
-  offset as the partition's starting point. All its waiting happens before it updates
-  Faust's read offsets, so no fetch slips in between.
+  offset as the partition's starting point.
 - A commit only ever covers a contiguous run of processed messages that starts exactly
   at the committed offset (or at the starting point): never past a missing one, never
   by filling gaps. reftrack's stream topics are neither compacted nor transactional, so
   their offsets have no real gaps.
 - When processed messages sit above a missing one, the partition is sought back to the
-  first missing offset (at most every two seconds) and Faust's read offset reset, so the
-  message is read again; the pipeline is idempotent, so the messages after it that are
-  read twice count once.
+  first missing offset (at most every two seconds), so the message is read again; the
+  pipeline is idempotent, so the messages after it that are read twice count once.
 - The tracker, whose rate windows need each partition in offset order, holds back (and
   leaves unacknowledged) any event that does not continue its partition's sequence from
   `resume_offset`, and asks for the partition to be read again from the first missing
@@ -63,10 +61,6 @@ from faust.utils.functional import consecutive_numbers
 
 log = logging.getLogger(__name__)
 
-# A partition whose committed offset is not yet known is read from here (see perform_seek).
-_START = "_reftrack_start"
-# When each partition was last sought back to a missing message.
-_REPAIRED = "_reftrack_repaired"
 REPAIR_INTERVAL_SECONDS = 2.0
 
 
@@ -81,9 +75,7 @@ async def perform_seek(self: Any) -> None:
     changelogs = set(self.app.tables.changelog_topics)
     fresh = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
     earliest = await self.earliest_offsets(*fresh) if fresh else {}
-    # No awaiting from here on: a fetch slipping in could move the read offsets again.
-    starts: dict[TP, int] = getattr(self, _START, None) or {}
-    setattr(self, _START, starts)
+    starts: dict[TP, int] = self._reftrack_start
     for tp in fresh:
         start = int(earliest.get(tp) or 0)
         self._seek_sync(tp, start)
@@ -123,7 +115,7 @@ def _new_offset(self: Any, tp: TP) -> int | None:
     acked.sort()
     self._gap.pop(tp, None)  # real gaps do not occur in reftrack's stream topics
     committed = self._committed_offset[tp]
-    start = committed if committed is not None else (getattr(self, _START, None) or {}).get(tp)
+    start = committed if committed is not None else self._reftrack_start.get(tp)
     if start is not None:
         done = bisect_left(acked, start)
         if done:  # already committed: forget them
@@ -146,7 +138,7 @@ def resume_offset(consumer: Any, tp: TP) -> int | None:
     committed = consumer._committed_offset.get(tp)
     if committed:
         return int(committed)
-    start = (getattr(consumer, _START, None) or {}).get(tp)
+    start = consumer._reftrack_start.get(tp)
     return None if start is None else int(start)
 
 
@@ -157,8 +149,7 @@ def read_again(consumer: Any, tp: TP, offset: int) -> None:
 
 def _read_again(self: Any, tp: TP, missing: int, first_done: int | None) -> None:
     """Messages above `missing` were delivered but it was not: read from it again."""
-    repaired: dict[TP, float] = getattr(self, _REPAIRED, None) or {}
-    setattr(self, _REPAIRED, repaired)
+    repaired: dict[TP, float] = self._reftrack_repaired
     now = time.monotonic()
     if now - repaired.get(tp, float("-inf")) < REPAIR_INTERVAL_SECONDS:
         return
@@ -198,6 +189,10 @@ _original_init = Consumer.__init__
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     _original_init(self, *args, **kwargs)
     self._read_offset = NoReadOffsets()
+    # Where each stream partition without a committed offset is read from (perform_seek),
+    # and when each partition was last sought back to a missing message (_read_again).
+    self._reftrack_start = {}
+    self._reftrack_repaired = {}
 
 
 def install_consumer_fixes() -> None:

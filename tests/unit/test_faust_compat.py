@@ -42,6 +42,8 @@ class StandIn:
         self._read_offset: dict[TP, int | None] = defaultdict(lambda: None)
         self._committed_offset: dict[TP, int | None] = defaultdict(lambda: None)
         self._thread = FakeThread()
+        self._reftrack_start: dict[TP, int] = {}
+        self._reftrack_repaired: dict[TP, float] = {}
         self._broker_committed = committed or {}
         self._earliest: dict[TP, int] = {}
         self.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}))
