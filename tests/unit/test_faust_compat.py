@@ -16,6 +16,7 @@ import pytest
 from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
+from mode import Service
 
 from streams import faust_compat
 from streams.faust_compat import _new_offset, perform_seek
@@ -259,3 +260,128 @@ def test_faust_read_offsets_never_make_its_fetch_loop_drop_a_message() -> None:
     assert offsets[EVENTS] is None and offsets.get(EVENTS) == 5000
     offsets.update({EVENTS: 7})
     assert offsets[EVENTS] is None and EVENTS in offsets
+
+
+# -- the fetch loop's delivery (faust_compat._deliver) ---------------------------------
+
+
+class Flow(Service):
+    """What _deliver uses of Faust's consumer: its flow switch and mode's wait_first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = asyncio.Event()
+        self.tasks_made = 0
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+        self.tasks_made += 1
+        return await super().wait_first(*coros, timeout=timeout)
+
+
+def test_a_delivery_that_need_not_wait_runs_at_once_without_a_task() -> None:
+    delivered: list[int] = []
+
+    async def put(n: int) -> None:
+        delivered.append(n)
+
+    async def main() -> Flow:
+        flow = Flow()
+        for n in range(3):
+            await faust_compat._deliver(flow, put(n))
+        return flow
+
+    flow = asyncio.run(main())
+    assert delivered == [0, 1, 2]
+    assert flow.tasks_made == 0
+
+
+def test_a_delivery_that_waits_finishes_once_its_buffer_has_room() -> None:
+    """A full stream buffer: the rest of the delivery runs in Faust's race, picks up the
+    value the queue gives it and completes."""
+
+    async def main() -> tuple[list[Any], Flow]:
+        flow = Flow()
+        buffer: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        buffer.put_nowait(0)
+        got: list[Any] = []
+
+        async def put(n: int) -> None:
+            await buffer.put(n)
+            got.append(("put", n))
+
+        async def agent() -> None:
+            await asyncio.sleep(0.01)
+            got.append(("took", buffer.get_nowait()))
+
+        taker = asyncio.create_task(agent())
+        await faust_compat._deliver(flow, put(1))
+        await taker
+        got.append(("left", buffer.get_nowait()))
+        return got, flow
+
+    got, flow = asyncio.run(main())
+    assert got == [("took", 0), ("put", 1), ("left", 1)]
+    assert flow.tasks_made == 1
+
+
+def test_a_waiting_delivery_is_abandoned_when_the_flow_is_suspended() -> None:
+    """As in Faust: a rebalance (flow suspended) stops a delivery stuck on a full
+    buffer; the delivery is cancelled, and its cleanup runs."""
+
+    async def main() -> list[str]:
+        flow = Flow()
+        buffer: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        buffer.put_nowait(0)
+        seen: list[str] = []
+
+        async def put(n: int) -> None:
+            try:
+                await buffer.put(n)
+                seen.append("put")
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+
+        async def rebalance() -> None:
+            await asyncio.sleep(0.01)
+            flow.suspend_flow.set()
+
+        suspender = asyncio.create_task(rebalance())
+        await faust_compat._deliver(flow, put(1))
+        await suspender
+        await asyncio.sleep(0)  # let the cancelled delivery unwind
+        seen.append(f"buffer holds {buffer.qsize()}")
+        return seen
+
+    assert asyncio.run(main()) == ["cancelled", "buffer holds 1"]
+
+
+def test_a_delivery_while_suspended_is_dropped_as_in_faust() -> None:
+    delivered: list[int] = []
+
+    async def put(n: int) -> None:
+        await asyncio.sleep(0.01)
+        delivered.append(n)
+
+    async def main() -> None:
+        flow = Flow()
+        flow.suspend_flow.set()
+        await faust_compat._deliver(flow, put(1))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert delivered == []
+
+
+@pytest.mark.parametrize("waits", [False, True])
+def test_a_failing_delivery_raises_in_the_fetch_loop(waits: bool) -> None:
+    async def put() -> None:
+        if waits:
+            await asyncio.sleep(0.01)
+        raise ValueError("cannot decode")
+
+    async def main() -> None:
+        await faust_compat._deliver(Flow(), put())
+
+    with pytest.raises(ValueError, match="cannot decode"):
+        asyncio.run(main())
