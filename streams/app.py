@@ -149,7 +149,16 @@ def create_pipeline(settings: Settings) -> Pipeline:
         clock=Clock.parse(settings.clock),
     )
 
-    register_ingest(app, events, tracked, dlq, metrics, key)
+    register_ingest(
+        app,
+        events,
+        tracked,
+        dlq,
+        metrics,
+        key,
+        settings.tracker_batch,
+        settings.tracker_batch_seconds,
+    )
     register_adapters(
         app, raw_sources, tracked, idlinks, dlq, metrics, key, load_sources(settings.sources_file)
     )

@@ -92,7 +92,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="how long start-up waits for the brokers (s)"
     )
     session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout (s)")
-    tracker_batch: int = Field(1000, ge=1, description="events the tracker takes per batch")
+    tracker_batch: int = Field(
+        1000, ge=1, description="events the ingest and tracker agents take per batch"
+    )
     tracker_batch_seconds: float = Field(0.1, gt=0)
     window_grace_seconds: float = Field(
         3600.0, ge=0, description="event time a rate window stays open after it ends"

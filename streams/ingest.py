@@ -20,6 +20,7 @@ from schemas.events import TrackedEvent, parse_event, to_tracked
 from schemas.pseudonym import pseudonymize
 from streams.dlq import send_dead_letter
 from streams.metrics import Metrics
+from streams.publish import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +35,46 @@ def ingest_one(raw: bytes | None, received_at: datetime, pseudonym_key: bytes) -
 
 
 def register_ingest(
-    app: AppT, source: TopicT, tracked: TopicT, dlq: TopicT, metrics: Metrics, key: bytes
+    app: AppT,
+    source: TopicT,
+    tracked: TopicT,
+    dlq: TopicT,
+    metrics: Metrics,
+    key: bytes,
+    batch: int = 1000,
+    batch_seconds: float = 0.1,
 ) -> Any:
+    """The ingest agent. It takes events in batches (Faust charges per message it hands
+    an agent one by one) and publishes each valid event as it goes; a batch's events are
+    acknowledged once the broker has acknowledged every tracked copy of them."""
+
+    outbox = Outbox(app)
+
     async def ingest(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            metrics.messages_in.labels(message.topic).inc()
-            received_at = datetime.now(UTC)
-            try:
-                tracked_event = ingest_one(message.value, received_at, key)
-            except EventRejected as rejected:
-                await _reject(message, rejected.code, rejected.detail, rejected.field)
-                continue
-            except Exception as exc:  # a bug must not lose the message or kill the agent
-                log.exception(
-                    "ingest failed on %s/%s@%s", message.topic, message.partition, message.offset
-                )
-                await _reject(message, ErrorCode.INTERNAL_ERROR, type(exc).__name__, None)
-                continue
-            lag = (received_at.timestamp() * 1e6 - tracked_event.occurred_at) / 1e6
-            metrics.event_time_lag.observe(max(0.0, lag))
-            await tracked.send(
-                key=tracked_event.referral_key.encode("utf-8"), value=tracked_event.to_json()
+        async for events in stream.take_events(batch, within=batch_seconds):
+            for event in events:
+                await _ingest(event.message)
+            await outbox.flush()
+
+    async def _ingest(message: Any) -> None:
+        metrics.messages_in.labels(message.topic).inc()
+        received_at = datetime.now(UTC)
+        try:
+            tracked_event = ingest_one(message.value, received_at, key)
+        except EventRejected as rejected:
+            await _reject(message, rejected.code, rejected.detail, rejected.field)
+            return
+        except Exception as exc:  # a bug must not lose the message or kill the agent
+            log.exception(
+                "ingest failed on %s/%s@%s", message.topic, message.partition, message.offset
             )
+            await _reject(message, ErrorCode.INTERNAL_ERROR, type(exc).__name__, None)
+            return
+        lag = (received_at.timestamp() * 1e6 - tracked_event.occurred_at) / 1e6
+        metrics.event_time_lag.observe(max(0.0, lag))
+        await outbox.add(
+            tracked, tracked_event.referral_key.encode("utf-8"), tracked_event.to_json()
+        )
 
     async def _reject(message: Any, code: ErrorCode, detail: str, field: str | None) -> None:
         await send_dead_letter(dlq, metrics, message, code, detail, field, key)

@@ -47,6 +47,7 @@ from streams.clock import Clock
 from streams.dlq import send_dead_letter
 from streams.faust_compat import read_again, resume_offset
 from streams.metrics import Metrics
+from streams.publish import Outbox
 from streams.table_writes import ChangelogWrites, acting_for
 from streams.windows import WindowCounter
 
@@ -160,6 +161,7 @@ class Tracker:
         # Every write of the referral and window tables, to wait for before a batch's
         # events are acknowledged (see table_writes.ChangelogWrites).
         self._writes = ChangelogWrites(self.table, self.windows.table)
+        self._outbox = Outbox(self.status.app)  # alerts, snapshots and rate rows
 
     # -- events -----------------------------------------------------------------------
 
@@ -390,15 +392,13 @@ class Tracker:
     async def _finish(self, batch: dict[str, Entry]) -> None:
         if not batch:
             return
-        pending = [
-            await self.alerts.send(
-                key=entry.key.encode("utf-8"), value=json.dumps(message).encode("utf-8")
-            )
-            for entry in batch.values()
-            for message in entry.alert_events
-        ]
-        if pending:
-            await asyncio.gather(*pending)
+        outbox = self._outbox
+        for entry in batch.values():
+            for message in entry.alert_events:
+                await outbox.add(
+                    self.alerts, entry.key.encode("utf-8"), json.dumps(message).encode("utf-8")
+                )
+        await outbox.flush()
         accepted: list[Item] = []
         for entry in batch.values():
             owned = self._owned[entry.partition]
@@ -422,13 +422,14 @@ class Tracker:
             self._count(owned, entry)
             if entry.had_events or entry.alert_events:
                 snapshot = status_snapshot(entry.state, entry.now, targets)
-                await self.status.send(
-                    key=entry.key.encode("utf-8"), value=json.dumps(snapshot).encode("utf-8")
+                await outbox.add(
+                    self.status, entry.key.encode("utf-8"), json.dumps(snapshot).encode("utf-8")
                 )
                 self.metrics.status_out.inc()
             accepted.extend(entry.accepted)
         self.metrics.deadlines_pending.set(sum(len(o.index) for o in self._owned.values()))
-        await self.windows.count(accepted)
+        await self.windows.count(accepted, outbox)  # flushes the snapshots too
+        await outbox.flush()
         # The batch's events are acknowledged (so committable) once this returns.
         await self._writes.acknowledged()
 

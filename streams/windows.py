@@ -4,7 +4,6 @@ which the sink fills `event_rates` (summed per minute by the `event_rates_1m` vi
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from schemas.windows import (
     progress_key,
 )
 from streams.metrics import Metrics
+from streams.publish import Outbox
 from streams.table_writes import acting_for
 
 
@@ -34,7 +34,7 @@ class WindowCounter:
     # seen after a start or a rebalance.
     _partitions: dict[int, PartitionWindows] = field(default_factory=dict)
 
-    async def count(self, accepted: list[tuple[EventT, TrackedEvent]]) -> None:
+    async def count(self, accepted: list[tuple[EventT, TrackedEvent]], outbox: Outbox) -> None:
         """Count a batch: compute every partition's result, publish the touched segments
         and wait for the broker to acknowledge them, and only then change the table.
 
@@ -51,13 +51,10 @@ class WindowCounter:
         for partition, items in by_partition.items():
             items.sort(key=lambda item: item[0].message.offset)
             results.append((partition, items, self._count_partition(partition, items)))
-        pending = [
-            await self.rates.send(key=cell.row_key.encode(), value=_row(cell))
-            for _, _, result in results
-            for cell in result.emitted
-        ]
-        if pending:
-            await asyncio.gather(*pending)
+        for _, _, result in results:
+            for cell in result.emitted:
+                await outbox.add(self.rates, cell.row_key.encode(), _row(cell))
+        await outbox.flush()
         for partition, items, result in results:
             self._write(partition, items[-1][0], result)
         self.metrics.windows_open.set(sum(len(w.open) for w in self._partitions.values()))
