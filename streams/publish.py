@@ -27,6 +27,9 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 from faust.types import AppT, TopicT
 
+# Keys whose partition is remembered (about 100 bytes each) before the memory is reset.
+PARTITION_CACHE = 100_000
+
 
 class Outbox:
     """Messages to publish together. `add` them; `flush` sends and waits."""
@@ -34,9 +37,9 @@ class Outbox:
     def __init__(self, app: AppT) -> None:
         self._app = app
         self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[int, dict[bytes, int]] = {}  # by partition count, by key
         self._batches: dict[tuple[str, int], Any] = {}
         self._sent: list[asyncio.Future[Any]] = []
-        self.count = 0
 
     def _producer(self) -> Any:
         # The aiokafka producer under Faust's; Faust exposes no batch send of its own.
@@ -49,7 +52,12 @@ class Outbox:
         if partitions is None:
             found = await self._producer().partitions_for(name)
             partitions = self._partitions[name] = sorted(found)
-        partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        known = self._partition_of.setdefault(len(partitions), {})
+        partition = known.get(key)
+        if partition is None:  # murmur2 is pure Python (~10 µs); keys recur (referrals)
+            if len(known) >= PARTITION_CACHE:
+                known.clear()
+            partition = known[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
         slot = (name, partition)
         batch = self._batches.get(slot)
         if batch is None:
@@ -58,7 +66,6 @@ class Outbox:
             await self._submit(slot)
             batch = self._batches[slot] = self._producer().create_batch()
             batch.append(timestamp=None, key=key, value=value)  # a first message always fits
-        self.count += 1
 
     async def _submit(self, slot: tuple[str, int]) -> None:
         batch = self._batches.pop(slot)
@@ -70,6 +77,6 @@ class Outbox:
         it. Raises the first send error."""
         for slot in list(self._batches):
             await self._submit(slot)
-        sent, self._sent, self.count = self._sent, [], 0
+        sent, self._sent = self._sent, []
         if sent:
             await asyncio.gather(*sent)
