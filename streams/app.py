@@ -51,6 +51,18 @@ ROCKSDB_OPTIONS = {
 }
 
 
+class App(faust.App):
+    """Faust's app without its Monitor sensor: the monitor keeps statistics for Faust's
+    own web views, which reftrack never turns on (they expose table contents), and every
+    message, send and table access paid for it (about 2 % of a worker's time; reftrack's
+    metrics are its own, streams/metrics.py)."""
+
+    def on_init_dependencies(self) -> Any:
+        dependencies = super().on_init_dependencies()
+        self.sensors.remove(self.monitor)
+        return dependencies
+
+
 @dataclass
 class Pipeline:
     settings: Settings
@@ -71,7 +83,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
     install_consumer_fixes()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     session = settings.session_timeout
-    app = faust.App(
+    app = App(
         settings.app_id,
         broker=[f"kafka://{s.strip()}" for s in settings.kafka_bootstrap.split(",")],
         broker_credentials=settings.kafka_security.faust_credentials(),
