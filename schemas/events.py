@@ -8,7 +8,6 @@ carries the raw `patient_id`.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from schemas import jsoncodec
 from schemas.errors import ErrorCode, EventRejected
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -389,7 +389,7 @@ class TrackedEvent:
         return f"{self.org_id}/{self.referral_id}"
 
     def to_json(self) -> bytes:
-        return json.dumps(
+        return jsoncodec.dumps(
             {
                 "event_id": self.event_id,
                 "org_id": self.org_id,
@@ -399,15 +399,13 @@ class TrackedEvent:
                 "source": self.source,
                 "patient_ref": self.patient_ref,
                 "data": self.data,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode("utf-8")
+            }
+        )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> TrackedEvent:
         """Decode a message the pipeline itself wrote (already validated)."""
-        return cls.from_dict(json.loads(raw))
+        return cls.from_dict(jsoncodec.loads(raw))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrackedEvent:

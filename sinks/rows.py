@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from schemas import jsoncodec
 from schemas.events import TrackedEvent, from_micros, to_micros
 
 REFERRAL_STATE_COLUMNS: tuple[str, ...] = (
@@ -44,7 +45,7 @@ def _time(value: str | None) -> datetime | None:
 
 def referral_state_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
     """A status snapshot (schemas.snapshot) as its `referral_state` row."""
-    snap = json.loads(raw)
+    snap = jsoncodec.loads(raw)
     return [
         [_time(snap.get(c)) if c in _TIME_COLUMNS else snap.get(c) for c in REFERRAL_STATE_COLUMNS]
     ]
@@ -65,7 +66,7 @@ STAGE_COLUMNS: tuple[str, ...] = (
 
 def stage_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
     """A status snapshot's finished stages as `stage_durations` rows."""
-    snap = json.loads(raw)
+    snap = jsoncodec.loads(raw)
     rows: list[Sequence[Any]] = []
     for stage in snap.get("stages", ()):
         entered, left = _time(stage["entered_at"]), _time(stage["left_at"])
@@ -138,7 +139,7 @@ _ALERT_VERSION = {"firing": 1, "resolved": 2}  # a resolution replaces its firin
 
 def alert_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
     """An alert lifecycle message (schemas.alerts) as an `alerts` row."""
-    alert = json.loads(raw)
+    alert = jsoncodec.loads(raw)
     return [
         [
             alert["alert_id"],
@@ -168,7 +169,7 @@ RATE_COLUMNS: tuple[str, ...] = (
 
 def rate_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
     """A window cell (streams.windows) as an `event_rates` row."""
-    cell = json.loads(raw)
+    cell = jsoncodec.loads(raw)
     return [
         [
             cell["org_id"],

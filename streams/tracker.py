@@ -23,7 +23,6 @@ redelivery.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 from faust.types import TP, AppT, EventT, TableT, TopicT
 
+from schemas import jsoncodec
 from schemas.alerts import reconcile
 from schemas.deadlines import DeadlineIndex
 from schemas.errors import ErrorCode
@@ -103,7 +103,7 @@ def decode_record(value: bytes | str | dict[str, Any]) -> dict[str, Any]:
     several times its ~600 bytes of JSON (issue 7: ≤ 2 KB per open referral), and
     recovery copies changelog bytes without decoding a million records."""
     if isinstance(value, bytes | bytearray | memoryview | str):
-        decoded: dict[str, Any] = json.loads(value if isinstance(value, str) else bytes(value))
+        decoded: dict[str, Any] = jsoncodec.loads(value)
         return decoded
     return value
 
@@ -111,7 +111,7 @@ def decode_record(value: bytes | str | dict[str, Any]) -> dict[str, Any]:
 def encode_record(value: dict[str, Any]) -> bytes:
     """The stored (and changelog) bytes of a record: the same JSON the table's json codec
     wrote before, so existing changelogs load unchanged."""
-    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+    return jsoncodec.dumps(value)
 
 
 def load_record(
@@ -395,9 +395,7 @@ class Tracker:
         outbox = self._outbox
         for entry in batch.values():
             for message in entry.alert_events:
-                await outbox.add(
-                    self.alerts, entry.key.encode("utf-8"), json.dumps(message).encode("utf-8")
-                )
+                await outbox.add(self.alerts, entry.key.encode("utf-8"), jsoncodec.dumps(message))
         await outbox.flush()
         accepted: list[Item] = []
         for entry in batch.values():
@@ -422,9 +420,7 @@ class Tracker:
             self._count(owned, entry)
             if entry.had_events or entry.alert_events:
                 snapshot = status_snapshot(entry.state, entry.now, targets)
-                await outbox.add(
-                    self.status, entry.key.encode("utf-8"), json.dumps(snapshot).encode("utf-8")
-                )
+                await outbox.add(self.status, entry.key.encode("utf-8"), jsoncodec.dumps(snapshot))
                 self.metrics.status_out.inc()
             accepted.extend(entry.accepted)
         self.metrics.deadlines_pending.set(sum(len(o.index) for o in self._owned.values()))

@@ -4,11 +4,11 @@ which the sink fills `event_rates` (summed per minute by the `event_rates_1m` vi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from faust.types import EventT, TableT, TopicT
 
+from schemas import jsoncodec
 from schemas.events import TrackedEvent
 from schemas.snapshot import iso
 from schemas.windows import (
@@ -100,7 +100,7 @@ class WindowCounter:
 
 
 def _row(cell: WindowCell) -> bytes:
-    return json.dumps(
+    return jsoncodec.dumps(
         {
             "org_id": cell.org_id,
             "type": cell.type,
@@ -110,4 +110,4 @@ def _row(cell: WindowCell) -> bytes:
             "events": cell.count,
             "version": cell.max_offset,
         }
-    ).encode()
+    )
