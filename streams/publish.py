@@ -22,6 +22,7 @@ Nothing is given up:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka.partitioner import murmur2
@@ -31,6 +32,9 @@ from faust.types import AppT, TopicT
 PARTITION_CACHE = 100_000
 
 
+Slot = tuple[str, int]  # (topic, partition)
+
+
 class Outbox:
     """Messages to publish together. `add` them; `flush` sends and waits."""
 
@@ -38,12 +42,18 @@ class Outbox:
         self._app = app
         self._partitions: dict[str, list[int]] = {}
         self._partition_of: dict[int, dict[bytes, int]] = {}  # by partition count, by key
-        self._batches: dict[tuple[str, int], Any] = {}
-        self._sent: list[asyncio.Future[Any]] = []
+        self._open: dict[Slot, list[Any]] = {}  # slot -> [record batch, messages in it]
+        self._full: list[tuple[Slot, Any, int]] = []  # full batches, in the order they filled
+        self._after: dict[str, Callable[[int, int], None]] = {}
 
     def _producer(self) -> Any:
         # The aiokafka producer under Faust's; Faust exposes no batch send of its own.
         return self._app.producer._ensure_producer()  # type: ignore[attr-defined]
+
+    def on_acknowledged(self, topic: str, callback: Callable[[int, int], None]) -> None:
+        """Call `callback(partition, offset of the last message)` for each partition of
+        `topic` a flush has published to, once the broker has acknowledged it."""
+        self._after[topic] = callback
 
     async def add(self, topic: TopicT | str, key: bytes, value: bytes) -> None:
         """Queue one message for `topic`, on the partition of `key`."""
@@ -58,25 +68,34 @@ class Outbox:
             if len(known) >= PARTITION_CACHE:
                 known.clear()
             partition = known[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
-        slot = (name, partition)
-        batch = self._batches.get(slot)
-        if batch is None:
-            batch = self._batches[slot] = self._producer().create_batch()
-        if batch.append(timestamp=None, key=key, value=value) is None:  # full: send it
-            await self._submit(slot)
-            batch = self._batches[slot] = self._producer().create_batch()
-            batch.append(timestamp=None, key=key, value=value)  # a first message always fits
+        self.add_to(name, partition, key, value)
 
-    async def _submit(self, slot: tuple[str, int]) -> None:
-        batch = self._batches.pop(slot)
-        batch.close()  # nothing else may be added to it once queued
-        self._sent.append(await self._producer().send_batch(batch, slot[0], partition=slot[1]))
+    def add_to(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """Queue one message for a given partition of `topic` (None value: a tombstone)."""
+        slot = (topic, partition)
+        current = self._open.get(slot)
+        if current is None:
+            current = self._open[slot] = [self._producer().create_batch(), 0]
+        if current[0].append(timestamp=None, key=key, value=value) is None:  # full
+            self._full.append((slot, current[0], current[1]))
+            current = self._open[slot] = [self._producer().create_batch(), 0]
+            current[0].append(timestamp=None, key=key, value=value)  # a first always fits
+        current[1] += 1
 
     async def flush(self) -> None:
         """Send everything added so far; return once the broker has acknowledged all of
         it. Raises the first send error."""
-        for slot in list(self._batches):
-            await self._submit(slot)
-        sent, self._sent = self._sent, []
-        if sent:
-            await asyncio.gather(*sent)
+        batches = self._full + [(slot, batch, n) for slot, (batch, n) in self._open.items()]
+        self._full, self._open = [], {}
+        if not batches:
+            return
+        producer = self._producer()
+        sent = []
+        for slot, batch, n in batches:  # a partition's batches in the order they filled
+            batch.close()  # nothing else may be added to it once queued
+            sent.append((slot, n, await producer.send_batch(batch, slot[0], partition=slot[1])))
+        await asyncio.gather(*(future for _, _, future in sent))
+        for (topic, partition), n, future in sent:
+            callback = self._after.get(topic)
+            if callback is not None:
+                callback(partition, future.result().offset + n - 1)

@@ -160,8 +160,10 @@ class Tracker:
     def __post_init__(self) -> None:
         # Every write of the referral and window tables, to wait for before a batch's
         # events are acknowledged (see table_writes.ChangelogWrites).
-        self._writes = ChangelogWrites(self.table, self.windows.table)
-        self._outbox = Outbox(self.status.app)  # alerts, snapshots and rate rows
+        # Alerts, snapshots, rate rows and the table writes: one outbox, so one flush
+        # sends all that is ready (see _finish for the order that matters).
+        self._outbox = Outbox(self.status.app)
+        self._writes = ChangelogWrites(self.table, self.windows.table, outbox=self._outbox)
 
     # -- events -----------------------------------------------------------------------
 

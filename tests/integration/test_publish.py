@@ -115,3 +115,34 @@ def test_a_failed_send_raises_from_flush(tmp_path: Path) -> None:
     broker = EmbeddedBroker(free_port(), log_path=tmp_path / "tansu.log")
     with broker:
         asyncio.run(main(broker.bootstrap, broker.stop))
+
+
+def test_acknowledged_offsets_are_those_of_each_partitions_last_message(
+    broker: EmbeddedBroker,
+) -> None:
+    """What a table's store records as persisted (streams/table_writes.py): per partition,
+    the offset of the last message published, over several full record batches."""
+
+    async def main() -> tuple[dict[int, int], list[Any]]:
+        await _create(broker.bootstrap, {"out.changelog": 3})
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        await producer.start()
+        reported: dict[int, int] = {}
+        try:
+            outbox = Outbox(_app(producer))
+            outbox.on_acknowledged("out.changelog", reported.__setitem__)
+            for round_ in range(2):  # the second flush continues after the first
+                for i in range(1500):
+                    outbox.add_to("out.changelog", i % 2, b"k%d" % i, b"v" * 100)
+                await outbox.flush()
+                if round_ == 0:
+                    first = dict(reported)
+        finally:
+            await producer.stop()
+        assert first == {0: 749, 1: 749}
+        return reported, await _read(broker.bootstrap, "out.changelog", 3000)
+
+    reported, records = asyncio.run(main())
+    last = {p: max(r.offset for r in records if r.partition == p) for p in (0, 1)}
+    assert reported == last == {0: 1499, 1: 1499}
+    assert not any(r.partition == 2 for r in records)
