@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.sensors import Sensor
 
 from schemas.adapters.config import load_sources
 from schemas.sla import load_policy
@@ -52,14 +53,16 @@ ROCKSDB_OPTIONS = {
 
 
 class App(faust.App):
-    """Faust's app without its Monitor sensor: the monitor keeps statistics for Faust's
-    own web views, which reftrack never turns on (they expose table contents), and every
-    message, send and table access paid for it (about 2 % of a worker's time; reftrack's
-    metrics are its own, streams/metrics.py)."""
+    """Faust's app with a no-op sensor in place of its Monitor: the monitor keeps
+    statistics for Faust's own web views, which reftrack never turns on (they expose
+    table contents), and every message, send and table access paid for it (about 2 % of
+    a worker's time; reftrack's metrics are its own, streams/metrics.py). One sensor
+    stays so that Faust's rebalance bookkeeping finds the state it expects."""
 
     def on_init_dependencies(self) -> Any:
         dependencies = super().on_init_dependencies()
         self.sensors.remove(self.monitor)
+        self.sensors.add(Sensor())
         return dependencies
 
 
