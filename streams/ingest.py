@@ -45,8 +45,9 @@ def register_ingest(
     batch_seconds: float = 0.1,
 ) -> Any:
     """The ingest agent. It takes events in batches (Faust charges per message it hands
-    an agent one by one) and publishes each valid event as it goes; a batch's events are
-    acknowledged once the broker has acknowledged every tracked copy of them."""
+    an agent one by one), queues each valid event's tracked copy in an outbox and
+    publishes them together at the end of the batch; the batch's events are acknowledged
+    once the broker has acknowledged every tracked copy."""
 
     outbox = Outbox(app)
 

@@ -5,8 +5,9 @@ sensors and registers a completion callback, and the client then makes a future 
 own per message. In a busy worker that cost about half a millisecond of wall time per
 message (the tracker's status snapshots of one batch: 0.3 s for 450; docs/performance.md,
 "Pipeline throughput: where the time goes"). The hot paths (ingest, tracker, rate
-windows) collect their output in an `Outbox` instead: one record batch per partition,
-one future per record batch.
+windows, and the changelog writes of their tables: streams/table_writes.py) collect
+their output in an `Outbox` instead: one record batch per partition, one future per
+record batch.
 
 Nothing is given up:
 - The batches go through the very producer Faust uses (acks=all), and Faust flushes it
