@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker, free_port
-from tests.integration.harness import Deployment
+from tests.integration.harness import Deployment, kill_leftover_workers
 
 
 @pytest.fixture(scope="module")
@@ -24,3 +24,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 @pytest.fixture
 def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Deployment:
     return Deployment(bootstrap=broker.bootstrap, base_dir=tmp_path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_worker_left_behind() -> Iterator[None]:
+    """Every worker process a module's tests started is gone when the module ends, even
+    when a test failed before stopping its own (set up first, so torn down last: after
+    the module's own fixtures have stopped theirs)."""
+    yield
+    killed = kill_leftover_workers()
+    if killed:
+        print(f"killed workers a test left running: {killed}")

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -122,6 +122,8 @@ def _json_or_text(body: bytes) -> Any:
 class Worker:
     """A `reftrack worker` subprocess."""
 
+    running: ClassVar[set[Worker]] = set()  # started, not yet stopped or killed
+
     def __init__(
         self, deployment: Deployment, name: str = "worker", own_state: bool = False
     ) -> None:
@@ -146,6 +148,7 @@ class Worker:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+        Worker.running.add(self)
 
     @property
     def url(self) -> str:
@@ -229,9 +232,9 @@ class Worker:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.kill()
                 raise AssertionError(f"worker did not stop within {timeout}s") from None
+        Worker.running.discard(self)
         self._log.close()
         return int(self.process.returncode)
 
@@ -239,7 +242,18 @@ class Worker:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        Worker.running.discard(self)
         self._log.close()
+
+
+def kill_leftover_workers() -> list[str]:
+    """Kill every worker a test started and did not stop (a test that failed before
+    its own cleanup); the log paths of those killed."""
+    killed = []
+    for worker in list(Worker.running):
+        worker.kill()
+        killed.append(str(worker.log_path))
+    return killed
 
 
 async def _produce(
