@@ -427,8 +427,8 @@ class Tracker:
             accepted.extend(entry.accepted)
         self.metrics.deadlines_pending.set(sum(len(o.index) for o in self._owned.values()))
         await self.windows.count(accepted, outbox)  # flushes the snapshots too
-        await outbox.flush()
-        # The batch's events are acknowledged (so committable) once this returns.
+        # The window writes, through the same outbox: the batch's events are acknowledged
+        # (so committable) once this returns.
         await self._writes.acknowledged()
 
     def _count(self, owned: OwnedPartition, entry: Entry) -> None:
