@@ -29,6 +29,7 @@ from streams.adapt import IdLinks, register_adapters, register_id_links
 from streams.clock import Clock
 from streams.config import Settings, Topics
 from streams.faust_compat import install_consumer_fixes
+from streams.faust_recovery import install_recovery_batching
 from streams.ingest import register_ingest
 from streams.kafka_compat import install_end_offsets_probe, install_fetch_max_wait
 from streams.metrics import Metrics
@@ -84,6 +85,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         install_end_offsets_probe()
     install_fetch_max_wait(settings.kafka_fetch_max_wait_ms)
     install_consumer_fixes()
+    install_recovery_batching()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     session = settings.session_timeout
     app = App(
