@@ -44,6 +44,10 @@ The fixes, installed by `install_consumer_fixes()`:
   `resume_offset`, and asks for the partition to be read again from the first missing
   offset (`read_again`; Tracker._in_sequence).
 
+- Every seek these fixes make runs in the consumer's own thread (`_seek_in_thread`):
+  aiokafka is not thread-safe, and a seek from the worker's thread once crashed the
+  fetcher.
+
 Table changelog partitions are left alone: recovery positions them itself and Faust
 never commits them.
 """
@@ -80,7 +84,7 @@ async def perform_seek(self: Any) -> None:
     starts: dict[TP, int] = self._reftrack_start
     for tp in fresh:
         start = int(earliest.get(tp) or 0)
-        self._seek_sync(tp, start)
+        self._seek_in_thread(tp, start)
         starts[tp] = start
     for tp in list(starts):
         if committed.get(tp) or tp not in committed:  # committed since, or not assigned
@@ -102,10 +106,26 @@ async def perform_seek(self: Any) -> None:
         )
 
 
-def _seek_sync(self: Any, tp: TP, offset: int) -> None:
-    """Seek without yielding to the event loop (aiokafka's seek is synchronous)."""
-    self._thread.seek(tp, offset)
+def _seek_in_thread(self: Any, tp: TP, offset: int) -> None:
+    """Have the consumer's own thread seek `tp` to `offset`, before anything asked of that
+    thread after this call (Faust's `call_thread` requests queue behind it), without
+    waiting for it.
+
+    Faust runs the aiokafka consumer in a thread of its own, and aiokafka is not
+    thread-safe: seeking from the worker's thread (as Faust's own `seek` does) raced the
+    consumer thread's `fetched_records`, which then failed on `del self._records[tp]`
+    with a KeyError; the fetcher crashed and took the worker down (seen once in the
+    multi-worker test)."""
+    thread = self._thread
+    thread.thread_loop.call_soon_threadsafe(_seek_quietly, thread, tp, offset)
     self._read_offset[tp] = offset if offset else None
+
+
+def _seek_quietly(thread: Any, tp: TP, offset: int) -> None:
+    try:
+        thread.seek(tp, offset)
+    except Exception as exc:  # not assigned any more: its next owner starts there anyway
+        log.info("could not seek %s/%s to %d: %s", tp.topic, tp.partition, offset, exc)
 
 
 def _new_offset(self: Any, tp: TP) -> int | None:
@@ -165,8 +185,8 @@ def _read_again(self: Any, tp: TP, missing: int, first_done: int | None) -> None
             first_done,
         )
     try:
-        self._seek_sync(tp, missing)
-    except Exception as exc:  # not assigned any more: its next owner starts there anyway
+        self._seek_in_thread(tp, missing)
+    except RuntimeError as exc:  # the consumer's thread has stopped: nothing to read again
         log.info("could not seek %s/%s back to %d: %s", tp.topic, tp.partition, missing, exc)
 
 
@@ -294,5 +314,5 @@ def install_consumer_fixes() -> None:
     Consumer.__init__ = _init  # type: ignore[method-assign]
     Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
-    Consumer._seek_sync = _seek_sync  # type: ignore[attr-defined]
+    Consumer._seek_in_thread = _seek_in_thread  # type: ignore[attr-defined]
     Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]

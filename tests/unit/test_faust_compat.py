@@ -8,6 +8,7 @@ integration test, and the multi-worker SIGKILL test is what found the holes)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
@@ -25,9 +26,17 @@ EVENTS = TP("events", 0)
 CHANGELOG = TP("app-table-changelog", 0)
 
 
+class InlineLoop:
+    """A consumer thread's loop that runs what it is handed at once."""
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any) -> None:
+        callback(*args)
+
+
 class FakeThread:
     def __init__(self) -> None:
         self.seeks: list[tuple[TP, int]] = []
+        self.thread_loop: Any = InlineLoop()
 
     def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
@@ -49,7 +58,7 @@ class StandIn:
         self._earliest: dict[TP, int] = {}
         self.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}))
 
-    _seek_sync = faust_compat._seek_sync
+    _seek_in_thread = faust_compat._seek_in_thread
 
     def ack(self, tp: TP, *offsets: int) -> None:
         for offset in offsets:
@@ -125,6 +134,41 @@ def test_a_partition_never_committed_starts_from_its_earliest_offset() -> None:
     assert _new_offset(c, fresh) is None
     c.ack(fresh, 0)
     assert _new_offset(c, fresh) == 3
+
+
+def test_a_seek_runs_in_the_consumer_thread_before_what_is_asked_of_it_next() -> None:
+    # aiokafka is not thread-safe: a seek made from the worker's thread raced the
+    # consumer thread's fetched_records (KeyError, fetcher crashed)
+    loop = asyncio.new_event_loop()
+    consumer_thread = threading.Thread(target=loop.run_forever, daemon=True)
+    consumer_thread.start()
+    try:
+        c = StandIn()
+        calls: list[tuple[str, Any, int | None]] = []
+
+        def seek(tp: TP, offset: int) -> None:
+            calls.append(("seek", threading.current_thread(), offset))
+
+        c._thread.seek = seek  # type: ignore[method-assign]
+        c._thread.thread_loop = loop
+        faust_compat.read_again(c, EVENTS, 7)
+        # what Faust's call_thread does next: a request queued on the consumer's loop
+        asked = asyncio.run_coroutine_threadsafe(_record(calls, "next request"), loop)
+        asked.result(timeout=5)
+        assert calls == [("seek", consumer_thread, 7), ("next request", consumer_thread, None)]
+        assert c._read_offset[EVENTS] == 7
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        consumer_thread.join(timeout=5)
+        loop.close()
+    # a consumer whose thread has stopped: nothing to read again, and no error
+    c._reftrack_repaired.clear()
+    faust_compat.read_again(c, EVENTS, 8)
+    assert [name for name, _, _ in calls] == ["seek", "next request"]
+
+
+async def _record(calls: list[tuple[str, Any, int | None]], name: str) -> None:
+    calls.append((name, threading.current_thread(), None))
 
 
 def test_a_retained_log_starts_where_its_earliest_offset_is() -> None:
