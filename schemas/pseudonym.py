@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from functools import lru_cache
 
 
 def pseudonymize(key: bytes, org_id: str, patient_id: str) -> str:
     """Return a stable, non-reversible reference for one patient within one org."""
     if not key:
         raise ValueError("the pseudonym key must not be empty")
-    message = f"{org_id}\x1f{patient_id}".encode()
-    return "p_" + hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+    mac = _keyed(key).copy()
+    mac.update(f"{org_id}\x1f{patient_id}".encode())
+    return "p_" + mac.hexdigest()[:32]
+
+
+@lru_cache(maxsize=8)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """The HMAC with the key already absorbed: copying it skips the key setup that
+    `hmac.new` repeats for every message (half the cost of a pseudonym)."""
+    return hmac.new(key, digestmod=hashlib.sha256)

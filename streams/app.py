@@ -66,6 +66,15 @@ class App(faust.App):
         self.sensors.add(Sensor())
         return dependencies
 
+    def create_event(self, key: Any, value: Any, headers: Any, message: Any) -> Any:
+        """As Faust's, with the event class looked up once: Faust reads it from its
+        settings for every message consumed, and a settings lookup costs more than the
+        event itself (about 2 % of a worker's time)."""
+        event_class: Any = self.__dict__.get("_reftrack_event_class")
+        if event_class is None:
+            event_class = self.__dict__["_reftrack_event_class"] = self.conf.Event
+        return event_class(self, key, value, headers, message)
+
 
 @dataclass
 class Pipeline:

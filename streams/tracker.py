@@ -156,6 +156,9 @@ class Tracker:
     _next_offset: dict[int, int | None] = field(default_factory=dict)
     _held: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # see _first_available
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # events of the current batch, per label set (see _count_events)
+    _processed: Counter[tuple[str, str]] = field(default_factory=Counter)
+    _duplicates: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         # Every write of the referral and window tables, to wait for before a batch's
@@ -210,6 +213,20 @@ class Tracker:
                 if entry.had_events:
                     self._judge(entry, wall_now)
         await self._finish(batch)
+        self._count_events()
+
+    def _count_events(self) -> None:
+        """The batch's processed and duplicate events into their counters: one update per
+        label set and batch (a labelled counter costs a lookup and a lock per update)."""
+        m = self.metrics
+        if self._processed:
+            for (event_type, source), n in self._processed.items():
+                m.events_processed.labels(event_type, source).inc(n)
+            m.last_event_processed.set(time.time())
+            self._processed.clear()
+        for event_type, n in self._duplicates.items():
+            m.events_duplicate.labels(event_type).inc(n)
+        self._duplicates.clear()
 
     def _in_sequence(self, events: list[EventT]) -> list[EventT]:
         """The events that continue each partition's sequence, in offset order.
@@ -295,10 +312,9 @@ class Tracker:
         entry.had_events = True
         offset = event.message.offset
         if entry.state.apply(tracked, offset):
-            self.metrics.events_processed.labels(tracked.type, tracked.source).inc()
-            self.metrics.last_event_processed.set(time.time())
+            self._processed[(tracked.type, tracked.source)] += 1
         else:
-            self.metrics.events_duplicate.labels(tracked.type).inc()
+            self._duplicates[tracked.type] += 1
         # New events, and accepted copies redelivered after a crash: write, so a changelog
         # write lost in the crash is made good.
         if entry.state.accepted_position(tracked.event_id) == offset:
@@ -400,6 +416,7 @@ class Tracker:
                 await outbox.add(self.alerts, entry.key.encode("utf-8"), jsoncodec.dumps(message))
         await outbox.flush()
         accepted: list[Item] = []
+        snapshots = 0
         for entry in batch.values():
             owned = self._owned[entry.partition]
             targets = self.policy.targets_for(entry.state.org_id, entry.state.specialty)
@@ -423,8 +440,9 @@ class Tracker:
             if entry.had_events or entry.alert_events:
                 snapshot = status_snapshot(entry.state, entry.now, targets)
                 await outbox.add(self.status, entry.key.encode("utf-8"), jsoncodec.dumps(snapshot))
-                self.metrics.status_out.inc()
+                snapshots += 1
             accepted.extend(entry.accepted)
+        self.metrics.status_out.inc(snapshots)
         self.metrics.deadlines_pending.set(sum(len(o.index) for o in self._owned.values()))
         await self.windows.count(accepted, outbox)  # flushes the snapshots too
         # The window writes, through the same outbox: the batch's events are acknowledged

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from schemas.errors import ErrorCode, EventRejected
 from schemas.events import (
@@ -580,6 +581,32 @@ def test_tracked_event_json_round_trip(event_type: str) -> None:
     assert isinstance(raw, bytes)
     assert TrackedEvent.from_json(raw) == tracked
     assert TrackedEvent.from_json(raw.decode("utf-8")) == tracked
+
+
+@pytest.mark.parametrize("event_type", [t.value for t in EventType])
+def test_to_tracked_data_is_the_models_own_dump(event_type: str) -> None:
+    # to_tracked reads the data model's field dict instead of model_dump: the same only
+    # while every data model stays flat, so a nested model added later fails here
+    for model in DATA_MODELS.values():
+        for name, info in model.model_fields.items():
+            assert not (
+                isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+            ), f"{model.__name__}.{name} is a nested model"
+    full = dict(MINIMAL_DATA[event_type]) | {
+        "reason": "r",
+        "in_network": False,
+        "referred_to_provider_id": "P-1",
+        "channel": "sms",
+        "provider_id": "P-2",
+        "unknown_extra": 1,
+    }
+    for data in (MINIMAL_DATA[event_type], full):
+        event = accepted(doc(event_type, data=dict(data)))
+        dumped = {
+            k: to_micros(v) if isinstance(v, datetime) else getattr(v, "value", v)
+            for k, v in event.data.model_dump(exclude_none=True).items()
+        }
+        assert to_tracked(event, None).data == dumped
 
 
 def test_tracked_event_from_json_defaults() -> None:
