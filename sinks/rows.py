@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from schemas import jsoncodec
 from schemas.events import TrackedEvent, from_micros, to_micros
@@ -36,6 +39,7 @@ REFERRAL_STATE_COLUMNS: tuple[str, ...] = (
     "updated_at",
     "evaluated_at",
 )
+_FLOAT = re.compile(rb"\d[.eE]")  # a digit then a point or exponent: maybe a float
 _TIME_COLUMNS = {c for c in REFERRAL_STATE_COLUMNS if c.endswith("_at")}
 
 
@@ -102,6 +106,24 @@ EVENT_COLUMNS: tuple[str, ...] = (
 LAST_OFFSET = 2**64 - 1
 
 
+def column_json(value: Any) -> str:
+    """The text of a JSON column (`events.data`, `alerts.details`): compact, sorted keys,
+    non-ASCII escaped, exactly as `json.dumps(value, separators=(",", ":"),
+    sort_keys=True)` writes it, so rows written before and after read the same. orjson
+    writes that text for plain ASCII values about ten times faster (the standard library
+    was 4 % of a busy worker's time); anything else (non-ASCII or DEL, which the standard
+    library escapes; what may be a float, whose exponent it pads: these columns hold
+    ids, enums, integers and booleans, never floats, let alone NaN) takes the standard
+    library's path."""
+    try:
+        raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        raw = b"\x80"  # not encodable by orjson: the standard library decides
+    if raw.isascii() and b"\x7f" not in raw and not _FLOAT.search(raw):
+        return raw.decode("ascii")
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
 def event_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
     """A tracked (validated, pseudonymized) event as an `events` row. Its version falls as
     the offset rises, so of several copies of one event the table keeps the first one read
@@ -116,7 +138,7 @@ def event_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
             event.source,
             from_micros(event.occurred_at),
             event.patient_ref,
-            json.dumps(event.data, separators=(",", ":"), sort_keys=True),
+            column_json(event.data),
             LAST_OFFSET - offset,
         ]
     ]
@@ -150,7 +172,7 @@ def alert_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
             alert["state"],
             _time(alert["raised_at"]),
             _time(alert["resolved_at"]),
-            json.dumps(alert["details"], separators=(",", ":"), sort_keys=True),
+            column_json(alert["details"]),
             _ALERT_VERSION[alert["state"]],
         ]
     ]

@@ -48,6 +48,7 @@ from streams.dlq import send_dead_letter
 from streams.faust_compat import read_again, resume_offset
 from streams.metrics import Metrics
 from streams.publish import Outbox
+from streams.table_reads import partition_reader
 from streams.table_writes import ChangelogWrites, acting_for
 from streams.windows import WindowCounter
 
@@ -156,6 +157,7 @@ class Tracker:
     _next_offset: dict[int, int | None] = field(default_factory=dict)
     _held: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # see _first_available
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _reader: Callable[[Any, int], Any] | None = None  # see _read
     # events of the current batch, per label set (see _count_events)
     _processed: Counter[tuple[str, str]] = field(default_factory=Counter)
     _duplicates: Counter[str] = field(default_factory=Counter)
@@ -384,13 +386,20 @@ class Tracker:
 
     # -- loading and writing ----------------------------------------------------------
 
+    def _read(self, key: str, partition: int) -> Any:
+        """The stored record of `key` in `partition`, in one lookup
+        (streams/table_reads.py; made on first use: the store exists once the app runs)."""
+        if self._reader is None:
+            self._reader = partition_reader(self.table)
+        return self._reader(key, partition)
+
     def _entry(
         self, batch: dict[str, Entry], key: str, number: int, first: TrackedEvent | None
     ) -> Entry | None:
         entry = batch.get(key)
         if entry is not None:
             return entry
-        stored = self.table.get(key)
+        stored = self._read(key, number)
         if stored is not None:
             state, firing, deadline, _ = load_record(stored)
             before: str | None = state.status.value

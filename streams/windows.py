@@ -4,7 +4,9 @@ which the sink fills `event_rates` (summed per minute by the `event_rates_1m` vi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from faust.types import EventT, TableT, TopicT
 
@@ -21,6 +23,7 @@ from schemas.windows import (
 )
 from streams.metrics import Metrics
 from streams.publish import Outbox
+from streams.table_reads import partition_reader
 from streams.table_writes import acting_for
 
 
@@ -33,6 +36,14 @@ class WindowCounter:
     # Open windows per partition, rebuilt from the table the first time a partition is
     # seen after a start or a rebalance.
     _partitions: dict[int, PartitionWindows] = field(default_factory=dict)
+    _reader: Callable[[Any, int], Any] | None = None  # see _read
+
+    def _read(self, key: str, partition: int) -> Any:
+        """The stored value of `key` in `partition`, in one lookup (streams/table_reads.py;
+        made on first use: the table's store exists once the app runs)."""
+        if self._reader is None:
+            self._reader = partition_reader(self.table)
+        return self._reader(key, partition)
 
     async def count(self, accepted: list[tuple[EventT, TrackedEvent]], outbox: Outbox) -> None:
         """Count a batch: compute every partition's result, publish the touched segments
@@ -83,8 +94,8 @@ class WindowCounter:
                 Counted(event.message.offset, tracked.occurred_at, tracked.org_id, tracked.type)
                 for event, tracked in items
             ],
-            self.table.get,
-            PartitionProgress.from_dict(self.table.get(progress_key(partition))),
+            lambda key: self._read(key, partition),
+            PartitionProgress.from_dict(self._read(progress_key(partition), partition)),
         )
 
     def _write(self, partition: int, last: EventT, result: BatchResult) -> None:
