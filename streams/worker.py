@@ -20,6 +20,7 @@ from sinks.retention import set_retention
 from streams import local_state
 from streams.app import create_pipeline
 from streams.config import ConfigError, Settings
+from streams.gc_tuning import tune_for_worker
 from streams.logs import configure, logging_config
 from streams.topics import ensure_topics
 from streams.web import WebService
@@ -78,6 +79,7 @@ def run_worker(settings: Settings) -> int:
         settings.web_bind,
         settings.web_port,
     )
+    tune_for_worker()  # after everything the process keeps for its lifetime is built
     code = 0
     try:
         worker.execute_from_commandline()
