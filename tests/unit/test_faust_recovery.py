@@ -40,17 +40,33 @@ def _recovering(app: Any, table: Any, highwaters: dict[TP, int]) -> Any:
     return recovery
 
 
-async def _run_until_recovered(recovery: Any, timeout: float = 10.0) -> None:
-    # wait on the signal as Faust does: already waiting when the loop starts (the loop
-    # clears it again at the top of its next round)
+def _one_partition(highwater: int) -> tuple[Any, Any, TP, Any, Any]:
+    """(app, table, its changelog partition 0, recovery, changelog queue)."""
+    app = _app()
+    table = app.Table("states", value_type=bytes, partitions=1)
+    tp = TP(table.changelog_topic.get_topic_name(), 0)
+    return app, table, tp, _recovering(app, table, {tp: highwater}), app.tables.changelog_queue
+
+
+async def _start(recovery: Any) -> tuple[asyncio.Future[Any], asyncio.Future[Any]]:
+    """(recovery ended, the running loop). The end is waited on as Faust does: already
+    waiting when the loop starts (the loop clears the signal at the top of each round)."""
     ended = asyncio.ensure_future(recovery.signal_recovery_end.wait())
     await asyncio.sleep(0)
-    task = asyncio.ensure_future(recovery._slurp_changelogs(recovery))
+    return ended, asyncio.ensure_future(recovery._slurp_changelogs(recovery))
+
+
+async def _stop(loop: asyncio.Future[Any]) -> None:
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
+
+
+async def _run_until_recovered(recovery: Any, timeout: float = 10.0) -> None:
+    ended, loop = await _start(recovery)
     try:
         await asyncio.wait_for(ended, timeout)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await _stop(loop)
 
 
 def test_every_queued_record_is_applied_in_order_and_recovery_ends() -> None:
@@ -89,11 +105,7 @@ def test_every_queued_record_is_applied_in_order_and_recovery_ends() -> None:
 
 def test_records_at_or_below_the_recovered_offset_are_not_applied_again() -> None:
     async def scenario() -> None:
-        app = _app()
-        table = app.Table("states", value_type=bytes, partitions=1)
-        tp = TP(table.changelog_topic.get_topic_name(), 0)
-        recovery = _recovering(app, table, {tp: 5})
-        queue = app.tables.changelog_queue
+        app, table, tp, recovery, queue = _one_partition(5)
         for offset in range(6):
             queue.put_nowait(_event(app, tp, offset, "k", b"v%d" % offset))
         queue.put_nowait(_event(app, tp, 3, "k", b"stale"))  # a re-fetched older record
@@ -126,16 +138,10 @@ def test_a_record_of_an_unassigned_partition_is_skipped_not_applied_elsewhere(
 
 def test_recovery_does_not_end_while_an_active_partition_has_records_left() -> None:
     async def scenario() -> None:
-        app = _app()
-        table = app.Table("states", value_type=bytes, partitions=1)
-        tp = TP(table.changelog_topic.get_topic_name(), 0)
-        recovery = _recovering(app, table, {tp: 9})
-        queue = app.tables.changelog_queue
+        app, table, tp, recovery, queue = _one_partition(9)
         for offset in range(5):
             queue.put_nowait(_event(app, tp, offset, f"k{offset}", b"v"))
-        ended = asyncio.ensure_future(recovery.signal_recovery_end.wait())
-        await asyncio.sleep(0)
-        task = asyncio.ensure_future(recovery._slurp_changelogs(recovery))
+        ended, loop = await _start(recovery)
         try:
             await asyncio.sleep(0.3)
             assert recovery.in_recovery and not ended.done()
@@ -144,8 +150,7 @@ def test_recovery_does_not_end_while_an_active_partition_has_records_left() -> N
                 queue.put_nowait(_event(app, tp, offset, f"k{offset}", b"v"))
             await asyncio.wait_for(ended, 10)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await _stop(loop)
         assert len(table.data.data) == 10 and not recovery.in_recovery
 
     asyncio.run(scenario())
