@@ -38,3 +38,17 @@ def partition_reader(table: Any) -> Callable[[Any, int], Any]:
         return values.get(key)
 
     return read_memory
+
+
+class PartitionReader:
+    """`reader(key, partition)` as `partition_reader(table)` answers, made on the first
+    read: a table's store exists once the app runs, not when the agents are built."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self._read: Callable[[Any, int], Any] | None = None
+
+    def __call__(self, key: Any, partition: int) -> Any:
+        if self._read is None:
+            self._read = partition_reader(self._table)
+        return self._read(key, partition)

@@ -48,7 +48,7 @@ from streams.dlq import send_dead_letter
 from streams.faust_compat import read_again, resume_offset
 from streams.metrics import Metrics
 from streams.publish import Outbox
-from streams.table_reads import partition_reader
+from streams.table_reads import PartitionReader
 from streams.table_writes import ChangelogWrites, acting_for
 from streams.windows import WindowCounter
 
@@ -157,7 +157,6 @@ class Tracker:
     _next_offset: dict[int, int | None] = field(default_factory=dict)
     _held: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # see _first_available
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _reader: Callable[[Any, int], Any] | None = None  # see _read
     # events of the current batch, per label set (see _count_events)
     _processed: Counter[tuple[str, str]] = field(default_factory=Counter)
     _duplicates: Counter[str] = field(default_factory=Counter)
@@ -169,6 +168,7 @@ class Tracker:
         # sends all that is ready (see _finish for the order that matters).
         self._outbox = Outbox(self.status.app)
         self._writes = ChangelogWrites(self.table, self.windows.table, outbox=self._outbox)
+        self._read = PartitionReader(self.table)  # one lookup per read: streams/table_reads.py
 
     # -- events -----------------------------------------------------------------------
 
@@ -385,13 +385,6 @@ class Tracker:
             entry.changed = True
 
     # -- loading and writing ----------------------------------------------------------
-
-    def _read(self, key: str, partition: int) -> Any:
-        """The stored record of `key` in `partition`, in one lookup
-        (streams/table_reads.py; made on first use: the store exists once the app runs)."""
-        if self._reader is None:
-            self._reader = partition_reader(self.table)
-        return self._reader(key, partition)
 
     def _entry(
         self, batch: dict[str, Entry], key: str, number: int, first: TrackedEvent | None

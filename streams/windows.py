@@ -4,9 +4,7 @@ which the sink fills `event_rates` (summed per minute by the `event_rates_1m` vi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from faust.types import EventT, TableT, TopicT
 
@@ -23,7 +21,7 @@ from schemas.windows import (
 )
 from streams.metrics import Metrics
 from streams.publish import Outbox
-from streams.table_reads import partition_reader
+from streams.table_reads import PartitionReader
 from streams.table_writes import acting_for
 
 
@@ -36,14 +34,9 @@ class WindowCounter:
     # Open windows per partition, rebuilt from the table the first time a partition is
     # seen after a start or a rebalance.
     _partitions: dict[int, PartitionWindows] = field(default_factory=dict)
-    _reader: Callable[[Any, int], Any] | None = None  # see _read
 
-    def _read(self, key: str, partition: int) -> Any:
-        """The stored value of `key` in `partition`, in one lookup (streams/table_reads.py;
-        made on first use: the table's store exists once the app runs)."""
-        if self._reader is None:
-            self._reader = partition_reader(self.table)
-        return self._reader(key, partition)
+    def __post_init__(self) -> None:
+        self._read = PartitionReader(self.table)  # one lookup per read: streams/table_reads.py
 
     async def count(self, accepted: list[tuple[EventT, TrackedEvent]], outbox: Outbox) -> None:
         """Count a batch: compute every partition's result, publish the touched segments

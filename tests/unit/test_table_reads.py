@@ -10,7 +10,7 @@ from typing import Any
 import faust
 import pytest
 
-from streams.table_reads import partition_reader
+from streams.table_reads import PartitionReader, partition_reader
 from streams.table_writes import acting_for
 
 
@@ -58,3 +58,4 @@ def test_rocksdb_reads_only_the_named_partitions_database(tmp_path: Path) -> Non
     assert read.__name__ == "read_rocksdb"
     assert read("org/R-9", 2) == b"x"
     assert read("org/R-9", 1) is None  # a key lives in its own partition's database only
+    assert PartitionReader(records)("org/R-9", 2) == b"x"  # the same, made on first read
