@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from aiokafka.partitioner import murmur2
 from faust.types import TP, AppT, EventT, TableT, TopicT
 
 from schemas import jsoncodec
@@ -47,6 +46,7 @@ from streams.clock import Clock
 from streams.dlq import send_dead_letter
 from streams.faust_compat import read_again, resume_offset
 from streams.metrics import Metrics
+from streams.murmur import partition_for
 from streams.publish import Outbox
 from streams.table_reads import PartitionReader
 from streams.table_writes import ChangelogWrites, acting_for
@@ -133,7 +133,7 @@ def load_record(
 
 def partition_of(key: str, partitions: int) -> int:
     """The tracked partition of a referral key (Kafka's default partitioner)."""
-    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+    return partition_for(key.encode("utf-8"), partitions)
 
 
 @dataclass
