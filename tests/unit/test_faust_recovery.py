@@ -19,8 +19,7 @@ install_recovery_batching()
 
 
 def _app() -> Any:
-    app = faust.App("recovery-test", broker="kafka://127.0.0.1:1", store="memory://")
-    return app
+    return faust.App("recovery-test", broker="kafka://127.0.0.1:1", store="memory://")
 
 
 def _event(app: Any, tp: TP, offset: int, key: str, value: bytes | None) -> Any:
