@@ -9,6 +9,7 @@ from typing import Any
 
 import faust
 from faust.sensors import Sensor
+from mode import Service
 
 from schemas.adapters.config import load_sources
 from schemas.sla import load_policy
@@ -31,7 +32,7 @@ from streams.clock import Clock
 from streams.config import Settings, Topics
 from streams.faust_compat import install_consumer_fixes
 from streams.faust_recovery import install_recovery_batching
-from streams.ingest import register_ingest
+from streams.ingest import IngestService
 from streams.kafka_compat import install_end_offsets_probe, install_fetch_max_wait
 from streams.metrics import Metrics
 from streams.tracker import Tracker, register_tracker
@@ -67,6 +68,24 @@ class App(faust.App):
         self.sensors.add(Sensor())
         return dependencies
 
+    # Ingest (streams/ingest.py): its own consumer, publishing through this app's producer.
+    upstream: Service | None = None
+
+    async def on_started_init_extra_services(self) -> None:
+        """Start ingest once the tables are recovered, with the app's other services: the
+        tracker is then ready for what it publishes."""
+        await super().on_started_init_extra_services()
+        upstream = self.upstream
+        if upstream is not None and not upstream.should_stop and upstream not in self._children:
+            await self.add_runtime_dependency(upstream)
+
+    async def on_stop(self) -> None:
+        """Stop ingest first, with the batch in hand published and committed: upstream
+        first, so nothing is published after Faust's consumer and producer stop."""
+        if self.upstream is not None:
+            await self.upstream.stop()
+        await super().on_stop()
+
     @cached_property
     def _event_class(self) -> Any:
         return self.conf.Event
@@ -87,6 +106,7 @@ class Pipeline:
     metrics: Metrics
     clickhouse: ClickHouse
     sinks: list[TopicSink]
+    ingest: IngestService
 
 
 def create_pipeline(settings: Settings) -> Pipeline:
@@ -123,7 +143,6 @@ def create_pipeline(settings: Settings) -> Pipeline:
         """Bytes in, bytes out: reftrack decodes messages itself, once, where it must."""
         return app.topic(name, key_serializer="raw", value_serializer="raw", compacting=compacting)
 
-    events = raw_topic(names.events)
     tracked = raw_topic(names.tracked)
     status = raw_topic(names.status, compacting=True)
     dlq = raw_topic(names.dlq)
@@ -177,16 +196,20 @@ def create_pipeline(settings: Settings) -> Pipeline:
         clock=Clock.parse(settings.clock),
     )
 
-    register_ingest(
-        app,
-        events,
-        tracked,
-        dlq,
-        metrics,
-        key,
-        settings.tracker_batch,
-        settings.tracker_batch_seconds,
+    ingest = IngestService(
+        app=app,
+        bootstrap=settings.kafka_bootstrap,
+        app_id=settings.app_id,
+        topic=names.events,
+        tracked=names.tracked,
+        dlq=names.dlq,
+        metrics=metrics,
+        pseudonym_key=key,
+        batch=settings.tracker_batch,
+        session_timeout=session,
+        consumer_options=settings.kafka_options(),
     )
+    app.upstream = ingest
     register_adapters(
         app, raw_sources, tracked, idlinks, dlq, metrics, key, load_sources(settings.sources_file)
     )
@@ -234,4 +257,4 @@ def create_pipeline(settings: Settings) -> Pipeline:
         sink("rates", names.rates, SinkTarget("event_rates", RATE_COLUMNS, rate_rows)),
         sink("alerts", names.alerts, SinkTarget("alerts", ALERT_COLUMNS, alert_rows)),
     ]
-    return Pipeline(settings, app, names, table, metrics, clickhouse, sinks)
+    return Pipeline(settings, app, names, table, metrics, clickhouse, sinks, ingest)

@@ -23,6 +23,7 @@ from faust.types import TopicT
 from schemas.errors import ErrorCode
 from schemas.pseudonym import pseudonymize
 from streams.metrics import Metrics
+from streams.publish import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,39 @@ async def send_dead_letter(
 ) -> None:
     """Dead-letter one consumed Kafka message (or `raw` in its place), counted by code
     and logged without its content: the one way every agent rejects a message."""
+    record = _rejected(metrics, message, code, detail, field, pseudonym_key, redact, raw)
+    await dlq.send(key=message.key, value=record)
+
+
+async def queue_dead_letter(
+    outbox: Outbox,
+    dlq: str,
+    metrics: Metrics,
+    message: Any,
+    code: ErrorCode,
+    detail: str,
+    field: str | None,
+    pseudonym_key: bytes,
+) -> None:
+    """As `send_dead_letter`, for a consumer that publishes through an outbox: the record
+    is sent, and acknowledged, with the rest of the batch at the outbox's flush."""
+    record = _rejected(metrics, message, code, detail, field, pseudonym_key, None, None)
+    await outbox.add(dlq, message.key, record)
+
+
+def _rejected(
+    metrics: Metrics,
+    message: Any,
+    code: ErrorCode,
+    detail: str,
+    field: str | None,
+    pseudonym_key: bytes,
+    redact: Callable[[bytes, bytes], tuple[bytes, bool]] | None,
+    raw: bytes | None,
+) -> bytes:
     metrics.dlq.labels(code.value).inc()
-    record = dead_letter(
+    log.info("rejected %s/%s@%s: %s", message.topic, message.partition, message.offset, code.value)
+    return dead_letter(
         raw=message.value if raw is None else raw,
         code=code,
         message=detail,
@@ -158,5 +190,3 @@ async def send_dead_letter(
         pseudonym_key=pseudonym_key,
         redact=redact,
     )
-    await dlq.send(key=message.key, value=record)
-    log.info("rejected %s/%s@%s: %s", message.topic, message.partition, message.offset, code.value)

@@ -47,6 +47,7 @@ class Outbox:
         self._open: dict[Slot, list[Any]] = {}  # slot -> [record batch, messages in it]
         self._full: list[tuple[Slot, Any, int]] = []  # full batches, in the order they filled
         self._after: dict[str, Callable[[int, int], None]] = {}
+        self._unkeyed = 0
 
     def _producer(self) -> Any:
         # The aiokafka producer under Faust's; Faust exposes no batch send of its own.
@@ -57,13 +58,18 @@ class Outbox:
         `topic` a flush has published to, once the broker has acknowledged it."""
         self._after[topic] = callback
 
-    async def add(self, topic: TopicT | str, key: bytes, value: bytes) -> None:
-        """Queue one message for `topic`, on the partition of `key`."""
+    async def add(self, topic: TopicT | str, key: bytes | None, value: bytes) -> None:
+        """Queue one message for `topic`, on the partition of `key`; without a key, on
+        each partition in turn (as Kafka's partitioners spread keyless messages)."""
         name = topic if isinstance(topic, str) else topic.get_topic_name()
         partitions = self._partitions.get(name)
         if partitions is None:
             found = await self._producer().partitions_for(name)
             partitions = self._partitions[name] = sorted(found)
+        if key is None:
+            self._unkeyed += 1
+            self.add_to(name, partitions[self._unkeyed % len(partitions)], None, value)
+            return
         known = self._partition_of.setdefault(len(partitions), {})
         partition = known.get(key)
         if partition is None:  # murmur2 is pure Python (~4 µs); keys recur (referrals)

@@ -172,6 +172,8 @@ class WebService(Service):
         except Exception:  # Faust raises ConsumerNotStarted while its consumer thread starts
             assigned = False
         recovered = bool(app.started and app.tables.recovery.completed.is_set())
+        # the tracker's partitions (Faust's group) and ingest's (its own group)
+        assigned = assigned and self.pipeline.ingest.assigned
         return {
             "partitions_assigned": assigned and not app.rebalancing,
             "tables_recovered": recovered,
@@ -200,8 +202,8 @@ class WebService(Service):
         if not app.started:
             return {}
         consumer = app.consumer
-        out: dict[str, int] = {}
-        sources = {self.pipeline.topics.events, self.pipeline.topics.tracked}
+        out: dict[str, int] = self.pipeline.ingest.lag()
+        sources = {self.pipeline.topics.tracked}
         try:
             assignment = sorted(consumer.assignment())
         except ConsumerNotStarted:  # while Faust starts its consumer thread

@@ -35,6 +35,7 @@ from pydantic import SecretStr
 from referencing import Registry, Resource
 
 from streams.config import Settings, Topics, is_loopback, load_settings
+from streams.ingest import ingest_group
 from streams.web import WebService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -562,16 +563,17 @@ def test_scaledobject_scales_the_statefulset_up_to_the_partition_count() -> None
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= settings.partitions
 
 
-def test_kafka_triggers_read_the_workers_consumer_group() -> None:
+def test_kafka_triggers_read_the_workers_consumer_groups() -> None:
     settings = worker_settings()
     topics = Topics(settings.topic_prefix)
     triggers = one("ScaledObject")["spec"]["triggers"]
-    assert {t["metadata"]["topic"] for t in triggers} == {topics.tracked, topics.events}
+    groups = {topics.tracked: settings.app_id, topics.events: ingest_group(settings.app_id)}
+    assert {t["metadata"]["topic"] for t in triggers} == set(groups)
     for trigger in triggers:
         meta = trigger["metadata"]
         assert trigger["type"] == "kafka"
         assert meta["bootstrapServers"] == settings.kafka_bootstrap
-        assert meta["consumerGroup"] == settings.app_id
+        assert meta["consumerGroup"] == groups[meta["topic"]]  # the tracker's; ingest's
         assert int(meta["lagThreshold"]) > 0
         assert meta["allowIdleConsumers"] == "false"
         assert meta["offsetResetPolicy"] == "earliest"  # as the Faust consumer

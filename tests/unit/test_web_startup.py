@@ -10,6 +10,7 @@ from typing import Any
 from faust.exceptions import ConsumerNotStarted
 
 from streams.config import Topics
+from streams.ingest import IngestService
 from streams.metrics import Metrics
 from streams.web import WebService
 
@@ -26,7 +27,20 @@ def starting_service() -> WebService:
         rebalancing=False,
         tables=SimpleNamespace(recovery=SimpleNamespace(completed=asyncio.Event())),
     )
-    pipeline = SimpleNamespace(app=app, topics=Topics("t"), metrics=Metrics())
+    topics, metrics = Topics("t"), Metrics()
+    ingest = IngestService(  # not started: no consumer yet
+        app=app,  # type: ignore[arg-type]
+        bootstrap="127.0.0.1:9",
+        app_id="t",
+        topic=topics.events,
+        tracked=topics.tracked,
+        dlq=topics.dlq,
+        metrics=metrics,
+        pseudonym_key=b"k" * 32,
+        batch=10,
+        session_timeout=6.0,
+    )
+    pipeline = SimpleNamespace(app=app, topics=topics, metrics=metrics, ingest=ingest)
     return WebService(pipeline)  # type: ignore[arg-type]
 
 
