@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         100, ge=1, le=30_000, description="longest the broker may hold a fetch (all consumers)"
     )
+    kafka_producer_batch_bytes: int = Field(
+        512 << 10,
+        ge=16 << 10,
+        description="largest record batch the worker publishes; keep it below the brokers' "
+        "message.max.bytes (Kafka's default is 1 MiB)",
+    )
     kafka_end_offsets_probe: bool = Field(
         True, description="confirm ListOffsets with a fetch (needed for the embedded broker)"
     )

@@ -306,7 +306,7 @@ def test_bad_files_and_a_wrong_key_password_are_named_not_shown(
 def test_every_kafka_client_gets_the_options(
     monkeypatch: pytest.MonkeyPatch, pki: dict[str, Path], tmp_path: Path
 ) -> None:
-    """The worker's Faust app and its sinks' consumers are built with the settings'
+    """The worker's Faust app and its ingest and sink consumers are built with the settings'
     security (the topic admin, produce, simulate and replay take the same options)."""
     from streams.app import create_pipeline
 
@@ -317,8 +317,8 @@ def test_every_kafka_client_gets_the_options(
     pipeline = create_pipeline(load_settings())
     try:
         assert isinstance(pipeline.app.conf.broker_credentials, faust.SSLCredentials)
-        for sink in pipeline.sinks:
-            assert sink.consumer_options["security_protocol"] == "SSL"
-            assert isinstance(sink.consumer_options["ssl_context"], ssl.SSLContext)
+        for client in [*pipeline.sinks, pipeline.ingest]:
+            assert client.consumer_options["security_protocol"] == "SSL"
+            assert isinstance(client.consumer_options["ssl_context"], ssl.SSLContext)
     finally:
         pipeline.clickhouse.close_blocking()
