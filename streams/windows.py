@@ -98,7 +98,9 @@ class WindowCounter:
                 self.table[key] = cell.to_dict()
             self.table[progress_key(partition)] = result.progress.to_dict()
             for key in result.closed:
-                if key in self.table:
+                # read from the partition's own store: `key in table` probes every
+                # partition's (streams/table_reads.py)
+                if self._read(key, partition) is not None:
                     del self.table[key]
         self.metrics.windows_reopened.inc(result.reopened)
 
