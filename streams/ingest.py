@@ -147,7 +147,7 @@ class IngestService(Service):
             self.metrics.messages_in.labels(tp.topic).inc(len(records))
             for record in records:
                 await self._ingest(record)
-            offsets[tp] = self._read[tp] = records[-1].offset + 1
+            offsets[tp] = records[-1].offset + 1
         try:
             await self._outbox.flush()
         except Exception as exc:  # not on the broker: read the batch again, lose nothing
@@ -157,6 +157,7 @@ class IngestService(Service):
                     consumer.seek(tp, records[0].offset)
             await self.sleep(RETRY_SECONDS)
             return
+        self._read.update(offsets)
         try:
             await consumer.commit(offsets)
         except Exception as exc:  # a rebalance took a partition: its next owner re-reads
