@@ -225,13 +225,35 @@ def scaling_run(
             worker.stop()
 
 
-def freshness(deployment: Deployment, rates: Sequence[int], seconds: float) -> list[tuple]:
-    """Produced → visible in referral_status (the row's ClickHouse insert time), p50/p99."""
+# Freshness target (issue 7): p99 at most this many seconds.
+FRESH_P99 = 2.0
+# The highest sustained rate is searched for downwards from 90 % of the backlog
+# throughput, this factor a step, at most this many steps.
+SEARCH_STEP, SEARCH_STEPS = 0.8, 4
+
+
+def sustained_rates(start: int, floor: int) -> list[int]:
+    """Rates to try, highest first, for the highest sustained one: from `start` down by
+    SEARCH_STEP (rounded down to 50), above `floor` (a fixed rate measured anyway)."""
+    rates, rate = [], start
+    while rate > floor and len(rates) < SEARCH_STEPS:
+        rates.append(rate)
+        rate = int(rate * SEARCH_STEP) // 50 * 50
+    return rates
+
+
+def freshness(
+    deployment: Deployment, rates: Sequence[int], seconds: float, search: Sequence[int] = ()
+) -> list[tuple]:
+    """Produced → visible in referral_status (the row's ClickHouse insert time), p50/p99;
+    at each of `rates`, then at each of `search` until one keeps p99 within FRESH_P99."""
     worker = Worker(deployment, name="bench-fresh")
-    results = []
+    results: list[tuple] = []
     try:
         worker.wait_ready()
-        for rate in rates:
+        for rate in [*rates, *search]:
+            if rate in search and any(r in search and p99 <= FRESH_P99 for r, _, p99 in results):
+                break  # the highest sustained rate is found
             tag = f"r{rate}"
             sent = asyncio.run(
                 produce_at_rate(deployment.bootstrap, deployment.events_topic, rate, seconds, tag)
@@ -321,11 +343,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             seconds, shares = scaling_run(scale_deployment, traffic, sent, workers)
             say(f"{workers} worker(s): {sent / seconds:,.0f} msgs/s ({seconds:.1f} s), {shares}")
             scaled.append((workers, sent / seconds, shares))
-        # the highest sustained rate: just under what one worker was measured to keep up with
-        sustained = max(50, int(sent / pipe_s * 0.9) // 50 * 50)
+        # the highest sustained rate: searched for down from just under the backlog's rate
+        # (new referrals, what freshness sends, cost more per event than the backlog's mix)
+        start = max(50, int(sent / pipe_s * 0.9) // 50 * 50)
+        search = sustained_rates(start, max(args.rates))
         fresh_deployment = Deployment(bootstrap=broker.bootstrap, base_dir=tmp / "fresh")
         fresh_deployment.partitions = args.partitions
-        fresh = freshness(fresh_deployment, sorted({*args.rates, sustained}), args.seconds)
+        fresh = freshness(fresh_deployment, sorted(set(args.rates)), args.seconds, search)
+        held = [rate for rate, _, p99 in fresh if p99 <= FRESH_P99]
+        sustained = max(held) if held else None
 
     rates = {"client": sent / client_s, "faust": sent / faust_s, "pipeline": sent / pipe_s}
     one = next((rate for workers, rate, _ in scaled if workers == 1), rates["pipeline"])
@@ -376,14 +402,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"Freshness (target p99 ≤ 2 s at 2,000 events/s): new referrals produced at a "
             f"fixed rate for {args.seconds:.0f} s each, from the send to the row's insert "
             "time in ClickHouse (`referral_state.inserted_at`, the row behind "
-            "`referral_status`), same machine clock. "
-            f"{sustained:,}/s is the highest sustained rate: 90 % of the throughput "
-            "measured above, rounded down to 50:",
+            "`referral_status`), same machine clock. Every event is a new referral (one "
+            "snapshot and one table record each), which costs more per event than the "
+            "backlog's mix. The highest sustained rate is searched for downwards from 90 % "
+            f"of the throughput above, {SEARCH_STEP:.0%} a step, at most {SEARCH_STEPS} "
+            "steps, until p99 stays within 2 s: "
+            + (
+                f"**{sustained:,} events/s**."
+                if sustained is not None
+                else "none of the rates tried kept p99 within 2 s."
+            ),
             "",
             "| rate (events/s) | p50 s | p99 s | p99 ≤ 2 s |",
             "|---:|---:|---:|:---:|",
             *[
-                f"| {rate:,} | {p50:.2f} | {p99:.2f} | {'yes' if p99 <= 2 else '**no**'} |"
+                f"| {rate:,} | {p50:.2f} | {p99:.2f} | {'yes' if p99 <= FRESH_P99 else '**no**'} |"
                 for rate, p50, p99 in fresh
             ],
             END_MARK,
