@@ -405,8 +405,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "`referral_status`), same machine clock. Every event is a new referral (one "
             "snapshot and one table record each), which costs more per event than the "
             "backlog's mix. The highest sustained rate is searched for downwards from 90 % "
-            f"of the throughput above, {SEARCH_STEP:.0%} a step, at most {SEARCH_STEPS} "
-            "steps, until p99 stays within 2 s: "
+            f"of the throughput above, each step {SEARCH_STEP:.0%} of the one before, at "
+            f"most {SEARCH_STEPS} steps, until p99 stays within 2 s: "
             + (
                 f"**{sustained:,} events/s**."
                 if sustained is not None

@@ -33,6 +33,33 @@ log = logging.getLogger(__name__)
 Rows = list[Sequence[Any]]
 
 
+def group_consumer(
+    topic: str,
+    *,
+    bootstrap: str,
+    group_id: str,
+    session_timeout: float,
+    max_records: int,
+    options: dict[str, Any],
+) -> AIOKafkaConsumer:
+    """A consumer of `topic` in `group_id` that commits only when told (after its
+    messages' results are stored or published), from the earliest offset when the group
+    has none, with the worker's session timeout."""
+    session_ms = int(session_timeout * 1000)
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(100, session_ms // 6),
+        rebalance_timeout_ms=max(session_ms, 10_000),
+        max_poll_records=max_records,
+        **options,
+    )
+
+
 @dataclass(frozen=True)
 class SinkTarget:
     """One table fed by the topic: each message (its value, and its offset in its
@@ -99,18 +126,13 @@ class TopicSink(Service):
         return [t.table for t in self.targets]
 
     async def on_start(self) -> None:
-        session_ms = int(self.session_timeout * 1000)
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = group_consumer(
             self.topic,
-            bootstrap_servers=self.bootstrap,
+            bootstrap=self.bootstrap,
             group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=session_ms,
-            heartbeat_interval_ms=max(100, session_ms // 6),
-            rebalance_timeout_ms=max(session_ms, 10_000),
-            max_poll_records=self.batch_rows,
-            **self.consumer_options,
+            session_timeout=self.session_timeout,
+            max_records=self.batch_rows,
+            options=self.consumer_options,
         )
 
     @Service.task

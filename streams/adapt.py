@@ -156,7 +156,9 @@ def _adapt_agent(
 
     async def _reject(message: Any, code: ErrorCode, detail: str, field_: str | None) -> None:
         metrics.adapter_messages.labels(kind, "rejected").inc()
-        await send_dead_letter(dlq, metrics, message, code, detail, field_, key, adapter.redact)
+        await send_dead_letter(
+            dlq, metrics, message, code, detail, field_, key, redact=adapter.redact
+        )
 
     return adapt
 

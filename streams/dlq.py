@@ -135,51 +135,24 @@ def dead_letter(
 
 
 async def send_dead_letter(
-    dlq: TopicT,
+    dlq: TopicT | str,
     metrics: Metrics,
     message: Any,
     code: ErrorCode,
     detail: str,
     field: str | None,
     pseudonym_key: bytes,
+    *,
+    outbox: Outbox | None = None,
     redact: Callable[[bytes, bytes], tuple[bytes, bool]] | None = None,
     raw: bytes | None = None,
 ) -> None:
     """Dead-letter one consumed Kafka message (or `raw` in its place), counted by code
-    and logged without its content: the one way every agent rejects a message."""
-    record = _rejected(metrics, message, code, detail, field, pseudonym_key, redact, raw)
-    await dlq.send(key=message.key, value=record)
-
-
-async def queue_dead_letter(
-    outbox: Outbox,
-    dlq: str,
-    metrics: Metrics,
-    message: Any,
-    code: ErrorCode,
-    detail: str,
-    field: str | None,
-    pseudonym_key: bytes,
-) -> None:
-    """As `send_dead_letter`, for a consumer that publishes through an outbox: the record
-    is sent, and acknowledged, with the rest of the batch at the outbox's flush."""
-    record = _rejected(metrics, message, code, detail, field, pseudonym_key, None, None)
-    await outbox.add(dlq, message.key, record)
-
-
-def _rejected(
-    metrics: Metrics,
-    message: Any,
-    code: ErrorCode,
-    detail: str,
-    field: str | None,
-    pseudonym_key: bytes,
-    redact: Callable[[bytes, bytes], tuple[bytes, bool]] | None,
-    raw: bytes | None,
-) -> bytes:
+    and logged without its content: the one way every agent rejects a message. With an
+    `outbox` the record is published, and acknowledged, with the rest of the batch at
+    the outbox's flush; without one it is sent on its own (`dlq` a Faust topic)."""
     metrics.dlq.labels(code.value).inc()
-    log.info("rejected %s/%s@%s: %s", message.topic, message.partition, message.offset, code.value)
-    return dead_letter(
+    record = dead_letter(
         raw=message.value if raw is None else raw,
         code=code,
         message=detail,
@@ -190,3 +163,9 @@ def _rejected(
         pseudonym_key=pseudonym_key,
         redact=redact,
     )
+    if outbox is not None:
+        await outbox.add(dlq, message.key, record)
+    else:
+        assert not isinstance(dlq, str), "a DLQ topic name needs an outbox"
+        await dlq.send(key=message.key, value=record)
+    log.info("rejected %s/%s@%s: %s", message.topic, message.partition, message.offset, code.value)

@@ -33,9 +33,11 @@ from mode import Service
 from schemas.errors import ErrorCode, EventRejected
 from schemas.events import TrackedEvent, parse_event, to_tracked
 from schemas.pseudonym import pseudonymize
-from streams.dlq import queue_dead_letter
+from sinks.topic_sink import group_consumer
+from streams.dlq import send_dead_letter
 from streams.metrics import Metrics
 from streams.publish import Outbox
+from streams.topics import offsets_client, topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +97,14 @@ class IngestService(Service):
         self._read: dict[TopicPartition, int] = {}
 
     async def on_start(self) -> None:
-        session_ms = int(self.session_timeout * 1000)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        self._consumer = group_consumer(
+            self.topic,
+            bootstrap=self.bootstrap,
             group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=session_ms,
-            heartbeat_interval_ms=max(100, session_ms // 6),
-            rebalance_timeout_ms=max(session_ms, 10_000),
-            max_poll_records=self.batch,
-            **self.consumer_options,
+            session_timeout=self.session_timeout,
+            max_records=self.batch,
+            options=self.consumer_options,
         )
-        self._consumer.subscribe([self.topic])
 
     @Service.task
     async def _run(self) -> None:
@@ -183,8 +180,15 @@ class IngestService(Service):
         )
 
     async def _reject(self, message: Any, code: ErrorCode, detail: str, field: str | None) -> None:
-        await queue_dead_letter(
-            self._outbox, self.dlq, self.metrics, message, code, detail, field, self.pseudonym_key
+        await send_dead_letter(
+            self.dlq,
+            self.metrics,
+            message,
+            code,
+            detail,
+            field,
+            self.pseudonym_key,
+            outbox=self._outbox,
         )
 
     async def on_stop(self) -> None:
@@ -224,25 +228,14 @@ async def adopt_agent_offsets(
     joins its group (a seek from its rebalance listener raced the first fetch); returns
     what was copied."""
     group = ingest_group(app_id)
-    own = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **(options or {})
-    )
+    own = offsets_client(bootstrap, group, options)
     await own.start()
     try:
-        partitions = own.partitions_for_topic(topic)
-        if not partitions:
-            await own._client.force_metadata_update()
-            partitions = own.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(own, topic)
         fresh = [tp for tp, offset in (await committed_in(own, tps)).items() if offset is None]
         if not fresh:
             return {}
-        agent = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=app_id,
-            enable_auto_commit=False,
-            **(options or {}),
-        )
+        agent = offsets_client(bootstrap, app_id, options)
         await agent.start()
         try:
             found = await committed_in(agent, fresh)

@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from sinks.kpi_refresh import KPI_VIEWS, refresh_now
 from sinks.migrate import migrate
 from streams.config import Settings, Topics
+from streams.topics import offsets_client, topic_partitions
 
 SINK_TABLES = ("referral_state", "stage_durations", "events", "event_rates", "alerts")
 
@@ -43,19 +42,10 @@ async def rewind_group(
     bootstrap: str, group: str, topic: str, kafka_options: dict[str, Any] | None = None
 ) -> int:
     """Commit the earliest offsets of `topic` for `group`; return the partitions moved."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        **(kafka_options or {}),
-    )
+    consumer = offsets_client(bootstrap, group, kafka_options)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(consumer, topic)
         if not tps:
             return 0
         consumer.assign(tps)

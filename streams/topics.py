@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -69,3 +71,23 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
             )
     finally:
         await admin.close()
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of `topic`, as a started consumer's metadata knows them (refreshed
+    once if it does not know the topic yet); empty if the topic does not exist."""
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+def offsets_client(
+    bootstrap: str, group: str, options: dict[str, Any] | None = None
+) -> AIOKafkaConsumer:
+    """A client of consumer group `group` that never joins it: it only reads or commits
+    the group's offsets (for partitions it is assigned by hand). Start it, then stop it."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **(options or {})
+    )
