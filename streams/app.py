@@ -60,7 +60,10 @@ class App(faust.App):
     statistics for Faust's own web views, which reftrack never turns on (they expose
     table contents), and every message, send and table access paid for it (about 2 % of
     a worker's time; reftrack's metrics are its own, streams/metrics.py). One sensor
-    stays so that Faust's rebalance bookkeeping finds the state it expects."""
+    stays so that Faust's rebalance bookkeeping finds the state it expects.
+
+    It also runs ingest (`upstream`), which reads with a consumer of its own but
+    publishes through this app's producer: started after table recovery, stopped first."""
 
     def on_init_dependencies(self) -> Any:
         dependencies = super().on_init_dependencies()

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     )
     session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout (s)")
     tracker_batch: int = Field(
-        1000, ge=1, description="events the ingest and tracker agents take per batch"
+        1000, ge=1, description="events the tracker takes per batch (ingest: per fetch)"
     )
     tracker_batch_seconds: float = Field(0.1, gt=0)
     window_grace_seconds: float = Field(
