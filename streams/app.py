@@ -62,8 +62,8 @@ class App(faust.App):
     a worker's time; reftrack's metrics are its own, streams/metrics.py). One sensor
     stays so that Faust's rebalance bookkeeping finds the state it expects.
 
-    It also runs ingest (`upstream`), which reads with a consumer of its own but
-    publishes through this app's producer: started after table recovery, stopped first."""
+    Ingest (`upstream`) reads with a consumer of its own but publishes through this
+    app's producer, so the app stops it first (streams/worker.py starts it)."""
 
     def on_init_dependencies(self) -> Any:
         dependencies = super().on_init_dependencies()
@@ -73,14 +73,6 @@ class App(faust.App):
 
     # Ingest (streams/ingest.py): its own consumer, publishing through this app's producer.
     upstream: Service | None = None
-
-    async def on_started_init_extra_services(self) -> None:
-        """Start ingest once the tables are recovered, with the app's other services: the
-        tracker is then ready for what it publishes."""
-        await super().on_started_init_extra_services()
-        upstream = self.upstream
-        if upstream is not None and not upstream.should_stop and upstream not in self._children:
-            await self.add_runtime_dependency(upstream)
 
     async def on_stop(self) -> None:
         """Stop ingest first, with the batch in hand published and committed: upstream
@@ -215,6 +207,9 @@ def create_pipeline(settings: Settings) -> Pipeline:
         batch=settings.tracker_batch,
         session_timeout=session,
         consumer_options=settings.kafka_options(),
+        ready=lambda: bool(
+            app.producer.started and app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        ),
     )
     app.upstream = ingest
     register_adapters(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Wait before reading a batch again whose tracked copies could not be published.
 RETRY_SECONDS = 1.0
+# How often ingest looks whether the app is ready for it (see IngestService._run).
+READY_POLL_SECONDS = 0.1
 
 
 def ingest_one(raw: bytes | None, received_at: datetime, pseudonym_key: bytes) -> TrackedEvent:
@@ -77,9 +80,11 @@ class IngestService(Service):
         batch: int,
         session_timeout: float,
         consumer_options: dict[str, Any] | None = None,
+        ready: Callable[[], bool] = lambda: True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.ready = ready
         self.bootstrap = bootstrap
         self.app_id = app_id
         self.group_id = ingest_group(app_id)
@@ -120,6 +125,11 @@ class IngestService(Service):
         except Exception as exc:  # the events are then read again: counted once, not lost
             log.warning("ingest: could not look up the agent group's offsets: %s", exc)
         await consumer.start()
+        # Joined while the app recovers its tables (joining takes seconds on some brokers,
+        # and a busy event loop after recovery made it take many more); reads once the
+        # app can publish and its tracker can apply what ingest publishes.
+        while not (self.should_stop or self.ready()):
+            await self.sleep(READY_POLL_SECONDS)
         while not self.should_stop:
             try:
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.batch)

@@ -1,9 +1,10 @@
 """Run one worker process: migrate ClickHouse, ensure topics, then run the Faust worker
 with the web endpoints and the ClickHouse sink until SIGTERM/SIGINT.
 
-Services start in the order web, sink, Faust app and stop in reverse: the app's agents
-stop and its producer flushes first, then the sink drains the status topic, flushes and
-commits, so a graceful stop leaves nothing acknowledged outside ClickHouse.
+Services start in the order web, ingest, sinks, Faust app and stop in reverse: the app
+stops ingest first (its batch published and committed), then its agents stop and its
+producer flushes, then the sinks drain their topics, flush and commit, so a graceful stop
+leaves nothing acknowledged outside ClickHouse.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def run_worker(settings: Settings) -> int:
     worker = faust.Worker(
         pipeline.app,
         web,
+        pipeline.ingest,  # joins its group while the app recovers; the app stops it first
         *pipeline.sinks,
         loglevel=settings.log_level,
         logging_config=logging_config(settings.log_level, settings.log_format),

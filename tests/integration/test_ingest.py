@@ -66,8 +66,9 @@ async def _run_ingest(
     bootstrap: str,
     topics: Topics,
     app_id: str,
-    until: Callable[[], Awaitable[bool]],
+    until: Callable[[IngestService], Awaitable[bool]],
     fail_first_flushes: int = 0,
+    ready: Callable[[], bool] = lambda: True,
 ) -> IngestService:
     """Run one IngestService (publishing through a real producer) until `until` holds."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -84,6 +85,7 @@ async def _run_ingest(
         pseudonym_key=KEY,
         batch=50,
         session_timeout=6.0,
+        ready=ready,
     )
     outbox = service._outbox
     flush, failures = outbox.flush, [fail_first_flushes]
@@ -100,7 +102,7 @@ async def _run_ingest(
     try:
         await service.start()
         async with asyncio.timeout(60):
-            while not await until():
+            while not await until(service):
                 await asyncio.sleep(0.2)
     finally:
         await service.stop()
@@ -125,7 +127,7 @@ def test_every_message_is_published_before_it_is_committed_even_when_publishing_
     total = len(valid) + len(invalid)
     group = ingest_group(deployment.app_id)
 
-    async def all_committed() -> bool:
+    async def all_committed(_: IngestService) -> bool:
         done = await committed_now(broker.bootstrap, group, [topics.events])
         return sum(done.values()) == total
 
@@ -175,7 +177,7 @@ def test_an_upgraded_worker_starts_ingest_where_the_agents_group_left_off(
         for tp, offset in asyncio.run(_end_offsets(broker.bootstrap, topics.events)).items()
     }
 
-    async def all_committed() -> bool:
+    async def all_committed(_: IngestService) -> bool:
         return await committed_now(broker.bootstrap, group, [topics.events]) == ends
 
     service = asyncio.run(_run_ingest(broker.bootstrap, topics, deployment.app_id, all_committed))
@@ -243,3 +245,30 @@ def test_a_worker_reads_events_in_the_ingest_group_and_reports_its_lag(
         )
     finally:
         assert worker.stop() == 0, worker.logs()
+
+
+def test_ingest_joins_at_once_but_reads_only_once_the_app_is_ready(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The worker starts ingest with the app, so its group join overlaps table recovery;
+    it reads nothing until the app can publish and its tables are recovered."""
+    deployment = Deployment(bootstrap=broker.bootstrap, base_dir=tmp_path)
+    topics = Topics(deployment.prefix)
+    create_topics(broker.bootstrap, deployment.prefix, tmp_path)
+    produce(broker.bootstrap, topics.events, [(f"R-{i}".encode(), event(i)) for i in range(20)])
+    app_ready = [False]
+    seen: list[tuple[bool, int]] = []
+
+    async def until(service: IngestService) -> bool:
+        seen.append((service.assigned, consumed(service)))
+        if service.assigned and not app_ready[0] and len(seen) > 10:
+            app_ready[0] = True  # assigned, and two seconds more without reading
+        return app_ready[0] and consumed(service) == 20
+
+    asyncio.run(
+        _run_ingest(broker.bootstrap, topics, deployment.app_id, until, ready=lambda: app_ready[0])
+    )
+    before_ready = [n for assigned, n in seen[:-1] if assigned]
+    assert before_ready, "never assigned before the app was ready: the test proves nothing"
+    assert set(before_ready) == {0}, seen
+    assert len(read_topic(broker.bootstrap, topics.tracked)) == 20
