@@ -60,6 +60,21 @@ def group_consumer(
     )
 
 
+def consumer_lag(
+    consumer: AIOKafkaConsumer | None, read: dict[TopicPartition, int]
+) -> dict[str, int]:
+    """Per assigned partition ("topic/partition"): messages on the broker beyond `read`
+    (the next offset to handle); empty while there is no consumer."""
+    if consumer is None:
+        return {}
+    out = {}
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is not None:
+            out[f"{tp.topic}/{tp.partition}"] = max(0, high - read.get(tp, 0))
+    return out
+
+
 @dataclass(frozen=True)
 class SinkTarget:
     """One table fed by the topic: each message (its value, and its offset in its
@@ -279,12 +294,4 @@ class TopicSink(Service):
 
     def lag(self) -> dict[str, int]:
         """Per partition: messages on the topic this sink has not read yet."""
-        consumer = self._consumer
-        if consumer is None:
-            return {}
-        out = {}
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is not None:
-                out[f"{tp.topic}/{tp.partition}"] = max(0, high - self._read.get(tp, 0))
-        return out
+        return consumer_lag(self._consumer, self._read)

@@ -34,7 +34,7 @@ from mode import Service
 from schemas.errors import ErrorCode, EventRejected
 from schemas.events import TrackedEvent, parse_event, to_tracked
 from schemas.pseudonym import pseudonymize
-from sinks.topic_sink import group_consumer
+from sinks.topic_sink import consumer_lag, group_consumer
 from streams.dlq import send_dead_letter
 from streams.metrics import Metrics
 from streams.publish import Outbox
@@ -212,15 +212,7 @@ class IngestService(Service):
 
     def lag(self) -> dict[str, int]:
         """Per partition: messages on the events topic ingest has not read yet."""
-        consumer = self._consumer
-        if consumer is None:
-            return {}
-        out = {}
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is not None:
-                out[f"{tp.topic}/{tp.partition}"] = max(0, high - self._read.get(tp, 0))
-        return out
+        return consumer_lag(self._consumer, self._read)
 
     @property
     def assigned(self) -> bool:

@@ -307,8 +307,11 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30) -> list[Any]:
     return asyncio.run(_read_all(bootstrap, topic, timeout))
 
 
-async def _committed(bootstrap: str, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
-    # A group member that never joins: it only asks the coordinator for committed offsets.
+async def read_committed(
+    bootstrap: str, group: str, topics: list[str]
+) -> dict[tuple[str, int], int]:
+    """The group's committed offsets for these topics, asked of its coordinator by a
+    member that never joins (absent: nothing committed)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
@@ -328,4 +331,4 @@ async def _committed(bootstrap: str, group: str, topics: list[str]) -> dict[tupl
 
 def committed_offsets(bootstrap: str, group: str, *topics: str) -> dict[tuple[str, int], int]:
     """The group's committed offsets for these topics (absent: nothing committed)."""
-    return asyncio.run(_committed(bootstrap, group, list(topics)))
+    return asyncio.run(read_committed(bootstrap, group, list(topics)))

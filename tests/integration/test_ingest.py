@@ -27,10 +27,10 @@ from tests.integration.harness import (
     Worker,
     committed_offsets,
     produce,
+    read_committed,
     read_topic,
     wait_for,
 )
-from tests.integration.harness import _committed as committed_now
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,7 @@ def test_every_message_is_published_before_it_is_committed_even_when_publishing_
     group = ingest_group(deployment.app_id)
 
     async def all_committed(_: IngestService) -> bool:
-        done = await committed_now(broker.bootstrap, group, [topics.events])
+        done = await read_committed(broker.bootstrap, group, [topics.events])
         return sum(done.values()) == total
 
     # The first two batches fail to publish: they are read again, not skipped.
@@ -178,7 +178,7 @@ def test_an_upgraded_worker_starts_ingest_where_the_agents_group_left_off(
     }
 
     async def all_committed(_: IngestService) -> bool:
-        return await committed_now(broker.bootstrap, group, [topics.events]) == ends
+        return await read_committed(broker.bootstrap, group, [topics.events]) == ends
 
     service = asyncio.run(_run_ingest(broker.bootstrap, topics, deployment.app_id, all_committed))
     # Read: the new events, and partition 0's, which the old group never committed.
