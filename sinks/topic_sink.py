@@ -27,6 +27,7 @@ from mode import Service
 
 from sinks.clickhouse import ClickHouse, ClickHouseError
 from streams.metrics import Metrics
+from streams.stall import describe_partition
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +61,32 @@ def group_consumer(
     )
 
 
-def consumer_lag(
+def consumer_positions(
     consumer: AIOKafkaConsumer | None, read: dict[TopicPartition, int]
-) -> dict[str, int]:
-    """Per assigned partition ("topic/partition"): messages on the broker beyond `read`
-    (the next offset to handle); empty while there is no consumer."""
+) -> dict[str, tuple[int | None, int]]:
+    """Per assigned partition ("topic/partition"): (the next offset to handle, None before
+    the first; the broker's high watermark); empty while there is no consumer."""
     if consumer is None:
         return {}
     out = {}
     for tp in consumer.assignment():
         high = consumer.highwater(tp)
         if high is not None:
-            out[f"{tp.topic}/{tp.partition}"] = max(0, high - read.get(tp, 0))
+            out[f"{tp.topic}/{tp.partition}"] = (read.get(tp), high)
     return out
+
+
+def consumer_lag(
+    consumer: AIOKafkaConsumer | None, read: dict[TopicPartition, int]
+) -> dict[str, int]:
+    """Per assigned partition ("topic/partition"): messages on the broker beyond `read`
+    (the next offset to handle); empty while there is no consumer."""
+    return lag_of(consumer_positions(consumer, read))
+
+
+def lag_of(positions: dict[str, tuple[int | None, int]]) -> dict[str, int]:
+    """Messages waiting per partition, from (next offset to handle, high watermark)."""
+    return {where: max(0, high - (read or 0)) for where, (read, high) in positions.items()}
 
 
 @dataclass(frozen=True)
@@ -295,3 +309,11 @@ class TopicSink(Service):
     def lag(self) -> dict[str, int]:
         """Per partition: messages on the topic this sink has not read yet."""
         return consumer_lag(self._consumer, self._read)
+
+    def positions(self) -> dict[str, tuple[int | None, int]]:
+        """For the stall watch: per partition (next offset to handle, high watermark)."""
+        return consumer_positions(self._consumer, self._read)
+
+    def describe(self, where: str) -> str:
+        state = describe_partition(self._consumer, where)
+        return f"{state}; rows pending {self.pending}; last error {self.last_error}"

@@ -35,6 +35,7 @@ from streams.faust_recovery import install_recovery_batching
 from streams.ingest import IngestService
 from streams.kafka_compat import install_end_offsets_probe, install_fetch_max_wait
 from streams.metrics import Metrics
+from streams.stall import StallWatch, Watched, tracker_watch
 from streams.tracker import Tracker, register_tracker
 from streams.windows import WindowCounter
 
@@ -102,6 +103,7 @@ class Pipeline:
     clickhouse: ClickHouse
     sinks: list[TopicSink]
     ingest: IngestService
+    stall_watch: StallWatch
 
 
 def create_pipeline(settings: Settings) -> Pipeline:
@@ -259,4 +261,10 @@ def create_pipeline(settings: Settings) -> Pipeline:
         sink("rates", names.rates, SinkTarget("event_rates", RATE_COLUMNS, rate_rows)),
         sink("alerts", names.alerts, SinkTarget("alerts", ALERT_COLUMNS, alert_rows)),
     ]
-    return Pipeline(settings, app, names, table, metrics, clickhouse, sinks, ingest)
+    watched = [
+        Watched("ingest", ingest.positions, ingest.describe),
+        tracker_watch(app, names.tracked),
+        *(Watched(f"sink:{s.sink_name}", s.positions, s.describe) for s in sinks),
+    ]
+    stall_watch = StallWatch(watched, metrics, stall_seconds=settings.stall_seconds)
+    return Pipeline(settings, app, names, table, metrics, clickhouse, sinks, ingest, stall_watch)

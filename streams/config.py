@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         1000, ge=1, description="events the tracker takes per batch (ingest: per fetch)"
     )
     tracker_batch_seconds: float = Field(0.1, gt=0)
+    stall_seconds: float = Field(
+        120.0,
+        ge=10,
+        description="a partition with messages waiting whose position has not moved for this "
+        "long is logged and counted as stalled (reftrack_stalled_partitions)",
+    )
     window_grace_seconds: float = Field(
         3600.0, ge=0, description="event time a rate window stays open after it ends"
     )

@@ -34,10 +34,11 @@ from mode import Service
 from schemas.errors import ErrorCode, EventRejected
 from schemas.events import TrackedEvent, parse_event, to_tracked
 from schemas.pseudonym import pseudonymize
-from sinks.topic_sink import consumer_lag, group_consumer
+from sinks.topic_sink import consumer_lag, consumer_positions, group_consumer
 from streams.dlq import send_dead_letter
 from streams.metrics import Metrics
 from streams.publish import Outbox
+from streams.stall import describe_partition
 from streams.topics import offsets_client, topic_partitions
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class IngestService(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()  # held while a batch is processed and committed
         self._read: dict[TopicPartition, int] = {}
+        self._reading = False  # past the wait for the app: see positions()
 
     async def on_start(self) -> None:
         self._consumer = group_consumer(
@@ -130,6 +132,7 @@ class IngestService(Service):
         # app can publish and its tracker can apply what ingest publishes.
         while not (self.should_stop or self.ready()):
             await self.sleep(READY_POLL_SECONDS)
+        self._reading = True
         while not self.should_stop:
             try:
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.batch)
@@ -213,6 +216,14 @@ class IngestService(Service):
     def lag(self) -> dict[str, int]:
         """Per partition: messages on the events topic ingest has not read yet."""
         return consumer_lag(self._consumer, self._read)
+
+    def positions(self) -> dict[str, tuple[int | None, int]]:
+        """For the stall watch: per partition (next offset to handle, high watermark);
+        nothing while ingest waits for the app to be ready, which is not a stall."""
+        return consumer_positions(self._consumer, self._read) if self._reading else {}
+
+    def describe(self, where: str) -> str:
+        return describe_partition(self._consumer, where)
 
     @property
     def assigned(self) -> bool:

@@ -120,6 +120,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.stalled_partitions = Gauge(
+            "reftrack_stalled_partitions",
+            "Partitions with messages waiting whose read position has not moved for the "
+            "stall time (streams/stall.py), by consumer: ingest, tracker or sink:<name>",
+            ["consumer"],
+            registry=r,
+        )
         self.referrals_open = Gauge(
             "reftrack_referrals_open",
             "Open referrals in this worker's partitions, by status",

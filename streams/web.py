@@ -21,14 +21,15 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from faust.exceptions import ConsumerNotStarted
 from mode import Service
 from multidict import MultiDict
 
 from sinks.clickhouse import ClickHouseError, is_read_only
 from sinks.kpi_refresh import refresh_status
+from sinks.topic_sink import lag_of
 from streams import dashboard_queries as dq
 from streams.app import Pipeline
+from streams.stall import stream_positions
 
 log = logging.getLogger(__name__)
 DEFAULT_QUERY_ROWS = 10_000
@@ -198,25 +199,10 @@ class WebService(Service):
         )
 
     def consumer_lag(self) -> dict[str, int]:
-        app: Any = self.pipeline.app
-        if not app.started:
-            return {}
-        consumer = app.consumer
+        """Per partition this worker reads: messages waiting, on the events topic (ingest)
+        and the tracked topic (the tracker)."""
         out: dict[str, int] = self.pipeline.ingest.lag()
-        sources = {self.pipeline.topics.tracked}
-        try:
-            assignment = sorted(consumer.assignment())
-        except ConsumerNotStarted:  # while Faust starts its consumer thread
-            return out
-        for tp in assignment:
-            if tp.topic not in sources:
-                continue
-            high = consumer.highwater(tp)
-            read = consumer._read_offset.get(tp)
-            if high is None:
-                continue
-            position = (read + 1) if read is not None else (consumer._committed_offset.get(tp) or 0)
-            out[f"{tp.topic}/{tp.partition}"] = max(0, high - position)
+        out.update(lag_of(stream_positions(self.pipeline.app, self.pipeline.topics.tracked)))
         return out
 
     async def pipeline_status(self, request: web.Request) -> web.Response:

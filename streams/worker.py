@@ -67,6 +67,7 @@ def run_worker(settings: Settings) -> int:
         web,
         pipeline.ingest,  # joins its group while the app recovers; the app stops it first
         *pipeline.sinks,
+        pipeline.stall_watch,
         loglevel=settings.log_level,
         logging_config=logging_config(settings.log_level, settings.log_format),
         redirect_stdouts=False,

@@ -90,6 +90,8 @@ class Deployment:
                 "REFTRACK_SESSION_TIMEOUT": "6",
                 "REFTRACK_SINK_FLUSH_SECONDS": "0.5",
                 "REFTRACK_KPI_REFRESH_SECONDS": "1",
+                # stalls (streams/stall.py) logged within a test's waits, for its diagnosis
+                "REFTRACK_STALL_SECONDS": "30",
                 "REFTRACK_LOG_FORMAT": "json",
             }
         )
@@ -222,8 +224,12 @@ class Worker:
         except Exception as exc:
             state = f"/api/pipeline failed: {exc!r}"
         alive = "running" if self.process.poll() is None else f"exited {self.process.returncode}"
+        log = self.log_path.read_text(errors="replace")
+        stalls = [line for line in log.splitlines() if "have not moved for" in line][-4:]
         return (
-            f"worker {alive}; /api/pipeline: {json.dumps(state)[:3000]}\nlog tail:\n{self.logs()}"
+            f"worker {alive}; /api/pipeline: {json.dumps(state)[:3000]}\n"
+            + "".join(f"stall: {line[:4000]}\n" for line in stalls)
+            + f"log tail:\n{log[-5000:]}"
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:

@@ -132,6 +132,7 @@ def test_clickhouse_down_then_slow_then_back_loses_nothing(
     control = tmp_path / "faults"
     deployment.extra_env.update(clickhouse_hook_env(control, tmp_path / "hook"))
     deployment.extra_env["REFTRACK_SINK_BATCH_ROWS"] = str(BATCH_ROWS)
+    deployment.extra_env["REFTRACK_STALL_SECONDS"] = "10"
     now = datetime.now(UTC)
     first = traffic(31, FIRST_ORGS, now)
     second = traffic(32, SECOND_ORGS, now)
@@ -191,6 +192,21 @@ def test_clickhouse_down_then_slow_then_back_loses_nothing(
             rows = worker.query(f"SELECT count() AS n FROM {table} WHERE org_id IN ({new_orgs})")
             assert rows == [{"n": 0}], table
         assert stored(worker) == want_first
+        # The stuck sink's partitions, messages waiting, do not move: the stall watch
+        # says so (gauge and log line, with the sink's last error), and blames no other
+        # consumer: ingest and the tracker went on.
+        stalled = 'reftrack_stalled_partitions{consumer="sink:events"}'
+        wait_for(lambda: metric(worker, stalled) >= 1, 40, what="the events sink's stall")
+        assert metric(worker, 'reftrack_stalled_partitions{consumer="ingest"}') == 0
+        assert metric(worker, 'reftrack_stalled_partitions{consumer="tracker"}') == 0
+        stall_lines = [
+            line
+            for line in worker.log_path.read_text(errors="replace").splitlines()
+            if "sink:events: " in line and "have not moved for" in line
+        ]
+        assert stall_lines and "last error injected: connection refused" in stall_lines[0], (
+            stall_lines
+        )
 
         # Back, but slow: flushes succeed, 1.5 s each.
         flushed = metric(worker, "reftrack_sink_flushes_total")
@@ -211,6 +227,11 @@ def test_clickhouse_down_then_slow_then_back_loses_nothing(
             explain=worker.diagnosis,
         )
         assert_accounting(worker, first + second, reference, now)
+        wait_for(
+            lambda: metric(worker, "reftrack_stalled_partitions") == 0,
+            30,
+            what="no partition stalled once the sinks caught up",
+        )
     finally:
         for name in (DOWN, SLOW):
             (control / name).unlink(missing_ok=True)
