@@ -64,16 +64,33 @@ def group_consumer(
 def consumer_positions(
     consumer: AIOKafkaConsumer | None, read: dict[TopicPartition, int]
 ) -> dict[str, tuple[int | None, int]]:
-    """Per assigned partition ("topic/partition"): (the next offset to handle, None before
-    the first; the broker's high watermark); empty while there is no consumer."""
+    """Per assigned partition ("topic/partition"): (the next offset to handle; the broker's
+    high watermark); empty while there is no consumer. Before the first message this
+    process handles in a partition, the next offset is where the client will start (the
+    group's committed offset), None while it does not know yet: counting from 0 there
+    reported a whole partition as lag after every rebalance, until a new message came."""
     if consumer is None:
         return {}
     out = {}
     for tp in consumer.assignment():
         high = consumer.highwater(tp)
         if high is not None:
-            out[f"{tp.topic}/{tp.partition}"] = (read.get(tp), high)
+            position = read.get(tp)
+            out[f"{tp.topic}/{tp.partition}"] = (
+                position if position is not None else fetch_position(consumer, tp),
+                high,
+            )
     return out
+
+
+def fetch_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The next offset the client will hand out in `tp`, if it knows it yet, without
+    waiting for it as aiokafka's `position()` does (reads the client's partition state)."""
+    try:
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+        return int(state.position) if state.has_valid_position else None
+    except Exception:  # not assigned any more, or a client without that state
+        return None
 
 
 def consumer_lag(
