@@ -263,7 +263,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
     ]
     watched = [
         Watched("ingest", ingest.positions, ingest.describe),
-        tracker_watch(app, names.tracked),
+        tracker_watch(app, names.tracked, tracker.sequence_state),
         *(Watched(f"sink:{s.sink_name}", s.positions, s.describe) for s in sinks),
     ]
     stall_watch = StallWatch(watched, metrics, stall_seconds=settings.stall_seconds)

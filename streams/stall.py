@@ -28,6 +28,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
 from mode import Service
 
 from streams.metrics import Metrics
@@ -246,9 +247,11 @@ def stream_positions(app: Any, topic: str) -> Positions:
     return out
 
 
-def tracker_watch(app: Any, topic: str) -> Watched:
+def tracker_watch(app: Any, topic: str, sequence_state: Callable[[int], str]) -> Watched:
     """The tracker's partitions, watched once the app's tables are recovered (while they
-    are, Faust holds its stream partitions back: that is not a stall)."""
+    are, Faust holds its stream partitions back: that is not a stall). A stalled
+    partition is described by the tracker (`sequence_state`), Faust's consumer and the
+    client under it."""
 
     def positions() -> Positions:
         if not (app.started and app.tables.recovery.completed.is_set()):
@@ -256,7 +259,18 @@ def tracker_watch(app: Any, topic: str) -> Watched:
         return stream_positions(app, topic)
 
     def describe(where: str) -> str:
-        return describe_partition(app.consumer._thread._consumer, where)
+        number = int(where.rpartition("/")[2])
+        tp = TP(topic, number)
+        c = app.consumer
+        active = c._active_partitions
+        faust = (
+            f"faust committed {c._committed_offset.get(tp)}, "
+            f"acked waiting to commit {len(c._acked.get(tp) or ())}, "
+            f"active {active is None or tp in active}, paused {tp in c._paused_partitions}, "
+            f"buffer full {tp in c._buffered_partitions}"
+        )
+        client = describe_partition(c._thread._consumer, where)
+        return f"{sequence_state(number)}; {faust}; client: {client}"
 
     return Watched("tracker", positions, describe)
 

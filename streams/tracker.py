@@ -274,6 +274,18 @@ class Tracker:
             self._next_offset[number] = expected
         return kept
 
+    def sequence_state(self, number: int) -> str:
+        """For the stall watch: where the tracker expects partition `number` to go on, and
+        whether it holds events back waiting for a missing offset."""
+        held = self._held.get(number)
+        waiting = (
+            f"waiting for offset {held[0]} since {time.monotonic() - held[2]:.0f} s "
+            f"(got {held[1]} and later)"
+            if held is not None
+            else "not waiting for a missing offset"
+        )
+        return f"tracker expects offset {self._next_offset.get(number)}, {waiting}"
+
     def retry_held(self) -> None:
         """Ask again for the partitions still waiting for a missing offset: a read again
         can be undone by a stale fetch, and no new event may come to ask for it."""

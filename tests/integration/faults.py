@@ -14,6 +14,10 @@ through - with a check of a control directory:
   stored, the sink's offsets not yet committed (the window a SIGKILL "during a flush"
   hits). The worker's one ClickHouse thread is held meanwhile: no queries answer.
 
+The tracker. While `<dir>/tracker-hang` exists, `streams.tracker.Tracker.process` waits
+before it takes a batch: the tracker hangs the way a publish that never returns would,
+and its partitions stop moving (what the stall watch must report).
+
 This is fault injection in front of the real engine, not a mock: otherwise (and after a
 slow wait) the real insert runs and the real embedded ClickHouse stores every row; reads
 (`query`, `ping`) are untouched. Nothing in product code changes.
@@ -42,6 +46,7 @@ DOWN = "clickhouse-down"
 SLOW = "clickhouse-slow"
 SLOW_SECONDS = 1.5
 HOLD = "clickhouse-hold"
+TRACKER_HANG = "tracker-hang"
 INSIDE = "inside-flush"
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +79,19 @@ def install() -> None:
                 time.sleep(0.05)
 
     ClickHouse.insert = insert  # type: ignore[method-assign]
+
+    import asyncio
+
+    from streams.tracker import Tracker
+
+    real_process: Callable[..., Any] = Tracker.process
+
+    async def process(self: Any, events: list[Any]) -> None:
+        while (directory / TRACKER_HANG).exists():
+            await asyncio.sleep(0.1)
+        await real_process(self, events)
+
+    Tracker.process = process  # type: ignore[method-assign]
 
 
 _SITECUSTOMIZE = """\

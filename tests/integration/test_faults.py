@@ -6,6 +6,9 @@
 * The broker is unreachable for longer than the session timeout (a TCP proxy in front of
   a dedicated Tansu cuts every connection and refuses new ones): the same worker process
   lives through it, becomes ready again and processes what comes after, exactly.
+* The tracker hangs (as on a publish that never returns): its partitions are reported
+  stalled (gauge, and a log line with the tracker's, Faust's and the client's state and
+  where the tracker waits); when it goes on, nothing is lost.
 
 How the faults are injected (test-side only) is described in tests/integration/faults.py.
 """
@@ -30,6 +33,7 @@ from tests.integration.faults import (
     HOLD,
     INSIDE,
     SLOW,
+    TRACKER_HANG,
     ProxiedTansu,
     clickhouse_hook_env,
 )
@@ -235,6 +239,59 @@ def test_clickhouse_down_then_slow_then_back_loses_nothing(
     finally:
         for name in (DOWN, SLOW):
             (control / name).unlink(missing_ok=True)
+        code = worker.stop()
+    assert code == 0, worker.logs()
+
+
+def test_a_hung_tracker_is_reported_stalled_and_loses_nothing(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    control = tmp_path / "faults"
+    deployment.extra_env.update(clickhouse_hook_env(control, tmp_path / "hook"))
+    deployment.extra_env["REFTRACK_STALL_SECONDS"] = "10"
+    now = datetime.now(UTC)
+    first = traffic(51, FIRST_ORGS, now, referrals=60)
+    second = traffic(52, SECOND_ORGS, now, referrals=60)
+    want_first, _ = expected(first, now)
+    want_all, reference = expected(first + second, now)
+    stalled = 'reftrack_stalled_partitions{consumer="tracker"}'
+
+    worker = Worker(deployment)
+    try:
+        worker.wait_ready()
+        produce(deployment.bootstrap, deployment.events_topic, keyed(first))
+        wait_for(lambda: stored(worker) == want_first, 60, what="the first batch stored")
+        (control / TRACKER_HANG).touch()
+        produce(deployment.bootstrap, deployment.events_topic, keyed(second))
+        wait_for(lambda: metric(worker, stalled) >= 1, 40, what="the tracker's stall")
+        # ingest went on: its partitions are not the stalled ones
+        assert metric(worker, 'reftrack_stalled_partitions{consumer="ingest"}') == 0
+        lines = [
+            line
+            for line in worker.log_path.read_text(errors="replace").splitlines()
+            if "tracker: " in line and "have not moved for" in line
+        ]
+        assert lines, worker.logs()
+        line = lines[0]
+        assert f"{deployment.prefix}.tracked.v1/" in line, line
+        assert "tracker expects offset " in line and "faust committed " in line, line
+        assert "client: fetch position " in line, line
+        assert "not available" not in line, line
+        assert "tracker.py:" in line and " track > " in line, line  # where it waits
+
+        (control / TRACKER_HANG).unlink()
+        wait_for(
+            lambda: stored(worker) == want_all,
+            90,
+            what="both batches stored",
+            explain=worker.diagnosis,
+        )
+        assert_accounting(worker, first + second, reference, now)
+        wait_for(lambda: metric(worker, stalled) == 0, 30, what="the stall over")
+        log = worker.log_path.read_text(errors="replace")
+        assert "tracker: moving again: " in log
+    finally:
+        (control / TRACKER_HANG).unlink(missing_ok=True)
         code = worker.stop()
     assert code == 0, worker.logs()
 
