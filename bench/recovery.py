@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -113,6 +114,24 @@ def measure(deployment: Deployment, n: int, store: str, name: str = "") -> dict[
     return {"ready": ready, "rebuild": rebuild, "rss": rss}
 
 
+def growth_lines(rows: list[Any]) -> list[str]:
+    """Per store and start: how much RSS each referral added between the smallest and
+    the largest count measured (what "bounded" is judged by: fixed costs cancel out)."""
+    out = []
+    for store in dict.fromkeys(row[0] for row in rows):
+        for how in dict.fromkeys(row[2] for row in rows if row[0] == store):
+            same = sorted((row[1], row[3]["rss"]) for row in rows if row[:3:2] == (store, how))
+            if len(same) < 2 or same[-1][0] == same[0][0]:
+                continue
+            (n0, rss0), (n1, rss1) = same[0], same[-1]
+            per = (rss1 - rss0) / (n1 - n0)
+            out.append(
+                f"- {store}, {how}: from {n0:,} to {n1:,} open referrals RSS grew "
+                f"{(rss1 - rss0) / 2**20:,.0f} MiB, {per:,.0f} B per added referral."
+            )
+    return ["", *out] if out else []
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.recovery")
     parser.add_argument("--referrals", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -180,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{(' ✓' if per <= 2048 else ' ✗') if store == 'memory' else ''} |"
             for store, n, how, r, b, per in rows
         ],
+        *growth_lines(rows),
         END_MARK,
     ]
     section = "\n".join(lines)

@@ -29,6 +29,17 @@ class DeadlineIndex:
         if len(self._heap) > 2 * len(self._current) + 1024:
             self._compact()
 
+    def load(self, key: str, deadline: int | None) -> None:
+        """Add a key while the index is rebuilt: no heap push; `loaded()` orders them all
+        at once (one heapify instead of a push per key)."""
+        if deadline is not None:
+            self._current[key] = deadline
+
+    def loaded(self) -> None:
+        """End a rebuild: order what `load` added."""
+        self._heap = [(deadline, key) for key, deadline in self._current.items()]
+        heapq.heapify(self._heap)
+
     def get(self, key: str) -> int | None:
         return self._current.get(key)
 

@@ -30,6 +30,7 @@ from sinks.topic_sink import SinkTarget, TopicSink
 from streams.adapt import IdLinks, register_adapters, register_id_links
 from streams.clock import Clock
 from streams.config import Settings, Topics
+from streams.deadline_store import disk_indexes
 from streams.faust_compat import install_consumer_fixes
 from streams.faust_recovery import install_recovery_batching
 from streams.ingest import IngestService
@@ -196,6 +197,8 @@ def create_pipeline(settings: Settings) -> Pipeline:
         policy=load_policy(settings.sla_file),
         clock=Clock.parse(settings.clock),
     )
+    if settings.store == "rocksdb":  # bounded memory: the deadline index on disk too
+        tracker.new_index = disk_indexes(settings.state_dir / "deadline-index")
 
     ingest = IngestService(
         app=app,

@@ -43,6 +43,7 @@ from schemas.referral import ReferralState, new_state
 from schemas.sla import SlaPolicy
 from schemas.snapshot import status_snapshot
 from streams.clock import Clock
+from streams.deadline_store import DiskDeadlineIndex
 from streams.dlq import send_dead_letter
 from streams.faust_compat import read_again, resume_offset
 from streams.metrics import Metrics
@@ -77,12 +78,17 @@ class Entry:
     alert_events: list[dict[str, Any]] = field(default_factory=list)
 
 
+# The deadline index of a partition: in memory, or on disk next to a RocksDB table store
+# (streams/deadline_store.py); both answer alike.
+Index = DeadlineIndex | DiskDeadlineIndex
+
+
 @dataclass
 class OwnedPartition:
     """What this worker knows about one tracked partition it owns."""
 
     number: int
-    index: DeadlineIndex = field(default_factory=DeadlineIndex)
+    index: Index = field(default_factory=DeadlineIndex)
     watermark: int | None = None  # newest occurred_at seen (the clock in event mode)
     open_by_status: Counter[str] = field(default_factory=Counter)
     firing: Counter[tuple[str, str]] = field(default_factory=Counter)  # (org, rule)
@@ -153,6 +159,8 @@ class Tracker:
     # request to read a partition again from an offset (streams.faust_compat).
     resume_offset: Callable[[int], int | None] = lambda partition: None
     read_again: Callable[[int, int], None] = lambda partition, offset: None
+    # A new, empty deadline index for a partition the tracker takes (see Index).
+    new_index: Callable[[int], Index] = lambda partition: DeadlineIndex()
     _owned: dict[int, OwnedPartition] = field(default_factory=dict)
     _next_offset: dict[int, int | None] = field(default_factory=dict)
     _held: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # see _first_available
@@ -494,7 +502,7 @@ class Tracker:
         if not missing:
             return
         started = time.perf_counter()
-        fresh = {n: OwnedPartition(n) for n in missing}
+        fresh = {n: OwnedPartition(n, self.new_index(n)) for n in missing}
         for key, stored in self.table.items():
             if not isinstance(key, str) or stored is None:
                 continue
@@ -511,7 +519,7 @@ class Tracker:
                 deadline = next_deadline(
                     state, -(2**62), self.policy.targets_for(state.org_id, state.specialty)
                 )
-            owned.index.set(key, deadline)
+            owned.index.load(key, deadline)
             last = state.last_event_at
             if last is not None and (owned.watermark is None or last > owned.watermark):
                 owned.watermark = last
@@ -520,6 +528,7 @@ class Tracker:
             for rule in firing:
                 owned.firing[(state.org_id, rule)] += 1
         for owned in fresh.values():
+            owned.index.loaded()
             for status, n in owned.open_by_status.items():
                 self.metrics.referrals_open.labels(status).inc(n)
             for (org, rule), n in owned.firing.items():
@@ -540,6 +549,8 @@ class Tracker:
             owned = self._owned.pop(number, None)
             if owned is None:
                 continue
+            if isinstance(owned.index, DiskDeadlineIndex):
+                owned.index.close()
             for status, n in owned.open_by_status.items():
                 self.metrics.referrals_open.labels(status).dec(n)
             for (org, rule), n in owned.firing.items():
