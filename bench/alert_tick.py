@@ -3,7 +3,8 @@
     python -m bench.alert_tick [--referrals 1000000] [--no-doc]
 
 Builds N open referrals (real `ReferralState`s, created over the last 30 days, a mix of
-priorities, some routed), indexes each one's next deadline (schemas.deadlines), then
+priorities, some routed), indexes each one's next deadline (schemas.deadlines in memory, and
+streams.deadline_store in RocksDB, as the two stores keep it), then
 advances the clock so that about k referrals fall due and times one tick the way the
 tracker runs it: pop the due keys, judge each (schemas.alerts.reconcile), and put its next
 deadline back. For comparison it times the naive tick: evaluate every open referral's
@@ -17,9 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bench.report import say, write_section
 from schemas.alerts import reconcile
@@ -27,6 +31,7 @@ from schemas.deadlines import DeadlineIndex
 from schemas.events import TrackedEvent
 from schemas.flags import DEFAULT_TARGETS, HOUR, evaluate_flags, next_deadline
 from schemas.referral import ReferralState, new_state
+from streams.deadline_store import DiskDeadlineIndex
 
 START_MARK = "<!-- alert-tick:start -->"
 END_MARK = "<!-- alert-tick:end -->"
@@ -72,27 +77,17 @@ def build(n: int, seed: int = 7) -> dict[str, ReferralState]:
     return states
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.alert_tick")
-    parser.add_argument("--referrals", type=int, default=1_000_000)
-    parser.add_argument("--no-doc", dest="doc", action="store_false")
-    args = parser.parse_args(argv)
-
-    say(f"building {args.referrals:,} open referrals ...")
-    started = time.perf_counter()
-    states = build(args.referrals)
-    firing: dict[str, dict[str, int]] = {}
-    index = DeadlineIndex()
-    start_clock = NOW - SPAN  # every referral judged once, as when it arrived
-    for key, state in states.items():
-        firing[key] = reconcile(state, {}, start_clock, DEFAULT_TARGETS).firing
-        index.set(key, next_deadline(state, start_clock, DEFAULT_TARGETS))
-    say(f"  built and indexed in {time.perf_counter() - started:.1f} s; {len(index):,} deadlines")
-    deadlines = sorted(d for d in (index.get(k) for k in states) if d is not None)
-
+def ticks(
+    index: DeadlineIndex | DiskDeadlineIndex,
+    states: dict[str, ReferralState],
+    firing: dict[str, dict[str, int]],
+    deadlines: list[int],
+    start_clock: int,
+) -> tuple[list[tuple[int, float]], int]:
+    """Advance the clock so that about 0, 10, ... 100,000 referrals fall due, and time
+    each tick as the tracker runs it: (referrals due, ms) per tick, and the last clock."""
     rows = []
-    clock = start_clock
-    position = 0
+    clock, position = start_clock, 0
     for due_target in (0, 10, 100, 1_000, 10_000, 100_000):
         target_pos = min(len(deadlines) - 1, position + due_target)
         now = max(clock, deadlines[target_pos] if due_target else clock)
@@ -107,6 +102,41 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows.append((len(due), elapsed * 1000))
         say(f"  tick with {len(due):,} due: {elapsed * 1000:.2f} ms")
         clock, position = now, target_pos
+    return rows, clock
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.alert_tick")
+    parser.add_argument("--referrals", type=int, default=1_000_000)
+    parser.add_argument("--no-doc", dest="doc", action="store_false")
+    args = parser.parse_args(argv)
+
+    say(f"building {args.referrals:,} open referrals ...")
+    started = time.perf_counter()
+    states = build(args.referrals)
+    start_clock = NOW - SPAN  # every referral judged once, as when it arrived
+    firing0: dict[str, dict[str, int]] = {}
+    first: dict[str, int | None] = {}
+    for key, state in states.items():
+        firing0[key] = reconcile(state, {}, start_clock, DEFAULT_TARGETS).firing
+        first[key] = next_deadline(state, start_clock, DEFAULT_TARGETS)
+    say(f"  built in {time.perf_counter() - started:.1f} s")
+    deadlines = sorted(d for d in first.values() if d is not None)
+
+    directory = Path(tempfile.mkdtemp(prefix="reftrack-alert-tick-"))
+    disk = DiskDeadlineIndex(directory / "p0")
+    rows: dict[str, list[tuple[int, float]]] = {}
+    try:
+        for name, index in (("memory (heap)", DeadlineIndex()), ("RocksDB (on disk)", disk)):
+            started = time.perf_counter()
+            for key, deadline in first.items():  # as a rebuild from the table does
+                index.load(key, deadline)
+            index.loaded()
+            say(f"{name}: indexed in {time.perf_counter() - started:.1f} s; {len(index):,}")
+            rows[name], clock = ticks(index, states, dict(firing0), deadlines, start_clock)
+    finally:
+        disk.close()
+        shutil.rmtree(directory, ignore_errors=True)
 
     say("naive tick: evaluate every open referral's flags ...")
     started = time.perf_counter()
@@ -126,11 +156,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
         f"Target (issue 4): a clock tick costs in proportion to the referrals that are due, "
         f"not to the open ones. {args.referrals:,} open referrals in the deadline index, "
-        f"measured {date}, load average {load:.1f}, one Python process:",
+        f"measured {date}, load average {load:.1f}, one Python process. The index is a heap "
+        "in memory with the memory store, and a RocksDB database with the RocksDB store "
+        "(streams/deadline_store.py); both are timed, each filled as a rebuild fills it:",
         "",
-        "| referrals due | tick ms | µs per due referral |",
-        "|---:|---:|---:|",
-        *[f"| {n:,} | {ms:.2f} | {(ms * 1000 / n) if n else 0:.1f} |" for n, ms in rows],
+        "| index | referrals due | tick ms | µs per due referral |",
+        "|---|---:|---:|---:|",
+        *[
+            f"| {name} | {n:,} | {ms:.2f} | {(ms * 1000 / n) if n else 0:.1f} |"
+            for name, measured in rows.items()
+            for n, ms in measured
+        ],
         "",
         f"For comparison, judging every open referral on each tick (no index) takes "
         f"{naive_ms:,.0f} ms. Not included: per due referral one table read and one "

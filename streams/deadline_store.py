@@ -54,6 +54,7 @@ def _options() -> Options:
     options.set_max_write_buffer_number(2)
     table = BlockBasedOptions()
     table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+    table.set_cache_index_and_filter_blocks(True)  # inside the cache's bound, not beside it
     options.set_block_based_table_factory(table)
     return options
 
