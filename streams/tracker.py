@@ -442,12 +442,11 @@ class Tracker:
         for entry in batch.values():
             owned = self._owned[entry.partition]
             targets = self.policy.targets_for(entry.state.org_id, entry.state.specialty)
-            deadline = (
-                entry.deadline  # every entry is judged, unless applying its event failed
-                if entry.judged
-                else next_deadline(entry.state, entry.now, targets)
-            )
-            owned.index.set(entry.key, deadline)
+            if entry.judged:  # every entry is, unless applying its event failed
+                deadline = entry.deadline  # and _judge put it in the index
+            else:
+                deadline = next_deadline(entry.state, entry.now, targets)
+                owned.index.set(entry.key, deadline)
             if entry.changed or deadline != entry.stored_deadline:
                 with acting_for(_PartitionEvent(self.tracked_topic, entry.partition)):  # type: ignore[arg-type]
                     self.table[entry.key] = encode_record(

@@ -10,6 +10,7 @@ import logging
 import uuid
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from sinks.topic_sink import consumer_lag, consumer_positions, group_consumer
@@ -21,6 +22,18 @@ from tests.integration.harness import produce
 pytestmark = pytest.mark.integration
 
 SESSION = 6.0  # seconds: Tansu's group join takes about half of it
+
+
+def new_consumer(bootstrap: str, topic: str, group: str, max_records: int) -> AIOKafkaConsumer:
+    """A worker's kind of consumer (sinks.topic_sink.group_consumer), plain connection."""
+    return group_consumer(
+        topic,
+        bootstrap=bootstrap,
+        group_id=group,
+        session_timeout=SESSION,
+        max_records=max_records,
+        options={},
+    )
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -38,14 +51,7 @@ def test_a_partition_taken_over_with_nothing_new_has_no_lag(broker: EmbeddedBrok
     produce(broker.bootstrap, topic, [(f"k{i}".encode(), b"{}") for i in range(40)])
 
     async def run() -> tuple[dict[str, int], dict[str, tuple[int | None, int]], str]:
-        first = group_consumer(
-            topic,
-            bootstrap=broker.bootstrap,
-            group_id=group,
-            session_timeout=SESSION,
-            max_records=100,
-            options={},
-        )
+        first = new_consumer(broker.bootstrap, topic, group, max_records=100)
         await first.start()
         try:
             got = 0
@@ -56,14 +62,7 @@ def test_a_partition_taken_over_with_nothing_new_has_no_lag(broker: EmbeddedBrok
         finally:
             await first.stop()
         # the next member of the group reads nothing new: its lag must say so
-        second = group_consumer(
-            topic,
-            bootstrap=broker.bootstrap,
-            group_id=group,
-            session_timeout=SESSION,
-            max_records=100,
-            options={},
-        )
+        second = new_consumer(broker.bootstrap, topic, group, max_records=100)
         await second.start()
         try:
             for _ in range(50):
@@ -93,14 +92,7 @@ def test_a_consumer_that_stops_taking_messages_is_reported_stalled(
     metrics = Metrics()
 
     async def run() -> tuple[float | None, float | None]:
-        consumer = group_consumer(
-            topic,
-            bootstrap=broker.bootstrap,
-            group_id=group,
-            session_timeout=SESSION,
-            max_records=10,
-            options={},
-        )
+        consumer = new_consumer(broker.bootstrap, topic, group, max_records=10)
         await consumer.start()
         read = {}
         try:

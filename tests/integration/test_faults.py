@@ -130,6 +130,21 @@ def assert_accounting(
     )
 
 
+def assert_all_stored(
+    worker: Worker,
+    want: Statuses,
+    messages: list[SimMessage],
+    reference: Reference,
+    now: datetime,
+) -> None:
+    """Every referral stored at its expected status and version, and every message
+    accounted for."""
+    wait_for(
+        lambda: stored(worker) == want, 90, what="both batches stored", explain=worker.diagnosis
+    )
+    assert_accounting(worker, messages, reference, now)
+
+
 def test_clickhouse_down_then_slow_then_back_loses_nothing(
     deployment: Deployment, tmp_path: Path
 ) -> None:
@@ -224,13 +239,7 @@ def test_clickhouse_down_then_slow_then_back_loses_nothing(
         time.sleep(2)
         (control / SLOW).unlink()
 
-        wait_for(
-            lambda: stored(worker) == want_all,
-            90,
-            what="both batches stored",
-            explain=worker.diagnosis,
-        )
-        assert_accounting(worker, first + second, reference, now)
+        assert_all_stored(worker, want_all, first + second, reference, now)
         wait_for(
             lambda: metric(worker, "reftrack_stalled_partitions") == 0,
             30,
@@ -280,13 +289,7 @@ def test_a_hung_tracker_is_reported_stalled_and_loses_nothing(
         assert "tracker.py:" in line and " track > " in line, line  # where it waits
 
         (control / TRACKER_HANG).unlink()
-        wait_for(
-            lambda: stored(worker) == want_all,
-            90,
-            what="both batches stored",
-            explain=worker.diagnosis,
-        )
-        assert_accounting(worker, first + second, reference, now)
+        assert_all_stored(worker, want_all, first + second, reference, now)
         wait_for(lambda: metric(worker, stalled) == 0, 30, what="the stall over")
         log = worker.log_path.read_text(errors="replace")
         assert "tracker: moving again: " in log
