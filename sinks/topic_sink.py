@@ -27,7 +27,6 @@ from mode import Service
 
 from sinks.clickhouse import ClickHouse, ClickHouseError
 from streams.metrics import Metrics
-from streams.stall import describe_partition
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +84,43 @@ def consumer_positions(
 
 def fetch_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     """The next offset the client will hand out in `tp`, if it knows it yet, without
-    waiting for it as aiokafka's `position()` does (reads the client's partition state)."""
-    try:
-        state = consumer._subscription.subscription.assignment.state_value(tp)
-        return int(state.position) if state.has_valid_position else None
-    except Exception:  # not assigned any more, or a client without that state
+    waiting for it as aiokafka's `position()` does."""
+    state = _partition_state(consumer, tp)
+    return int(state.position) if state is not None and state.has_valid_position else None
+
+
+def _partition_state(consumer: AIOKafkaConsumer, tp: TopicPartition) -> Any:
+    """aiokafka's state of an assigned partition (client internals: read, never changed),
+    None when it is not assigned."""
+    subscription = consumer._subscription.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    if assignment is None or tp not in assignment.tps:
         return None
+    return assignment.state_value(tp)
+
+
+def describe_partition(consumer: AIOKafkaConsumer | None, where: str) -> str:
+    """What an aiokafka consumer knows of one partition ("topic/partition"), for the
+    stall watch's warning: its fetch position, whether it waits for an offset reset or
+    is paused, whether fetched records wait to be taken, the group generation."""
+    if consumer is None:
+        return "no consumer"
+    topic, _, number = where.rpartition("/")
+    tp = TopicPartition(topic, int(number))
+    state = _partition_state(consumer, tp)
+    if state is None:
+        return "not assigned"
+    fetcher = consumer._fetcher
+    coordinator = consumer._coordinator
+    subscription = consumer._subscription.subscription
+    position = state.position if state.has_valid_position else None
+    return (
+        f"fetch position {position}, awaiting reset {state.awaiting_reset}, "
+        f"paused {state.paused}, records waiting {tp in fetcher._records}, "
+        f"fetches in flight to nodes {sorted(fetcher._in_flight)}, "
+        f"generation {getattr(coordinator, 'generation', None)}, "
+        f"rejoin needed {coordinator.need_rejoin(subscription) if coordinator else None}"
+    )
 
 
 def consumer_lag(

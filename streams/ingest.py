@@ -34,11 +34,15 @@ from mode import Service
 from schemas.errors import ErrorCode, EventRejected
 from schemas.events import TrackedEvent, parse_event, to_tracked
 from schemas.pseudonym import pseudonymize
-from sinks.topic_sink import consumer_lag, consumer_positions, group_consumer
+from sinks.topic_sink import (
+    consumer_lag,
+    consumer_positions,
+    describe_partition,
+    group_consumer,
+)
 from streams.dlq import send_dead_letter
 from streams.metrics import Metrics
 from streams.publish import Outbox
-from streams.stall import describe_partition
 from streams.topics import offsets_client, topic_partitions
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from aiokafka import TopicPartition
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 from mode import Service
 
+from sinks.topic_sink import describe_partition
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -273,28 +273,3 @@ def tracker_watch(app: Any, topic: str, sequence_state: Callable[[int], str]) ->
         return f"{sequence_state(number)}; {faust}; client: {client}"
 
     return Watched("tracker", positions, describe)
-
-
-def describe_partition(consumer: Any, where: str) -> str:
-    """What an aiokafka consumer knows of one partition ("topic/partition"): its fetch
-    position, whether it waits for an offset reset or is paused, whether fetched records
-    wait to be taken, and the group generation (reads client internals; diagnosis only)."""
-    if consumer is None:
-        return "no consumer"
-    topic, _, number = where.rpartition("/")
-    tp = TopicPartition(topic, int(number))
-    subscription = consumer._subscription.subscription
-    assignment = subscription.assignment if subscription is not None else None
-    if assignment is None or tp not in assignment.tps:
-        return "not assigned"
-    state = assignment.state_value(tp)
-    fetcher = consumer._fetcher
-    coordinator = consumer._coordinator
-    position = state.position if state.has_valid_position else None
-    return (
-        f"fetch position {position}, awaiting reset {state.awaiting_reset}, "
-        f"paused {state.paused}, records waiting {tp in fetcher._records}, "
-        f"fetches in flight to nodes {sorted(fetcher._in_flight)}, "
-        f"generation {getattr(coordinator, 'generation', None)}, "
-        f"rejoin needed {coordinator.need_rejoin(subscription) if coordinator else None}"
-    )

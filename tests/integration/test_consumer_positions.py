@@ -13,10 +13,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from sinks.topic_sink import consumer_lag, consumer_positions, group_consumer
+from sinks.topic_sink import consumer_lag, consumer_positions, describe_partition, group_consumer
 from streams.broker import EmbeddedBroker
 from streams.metrics import Metrics
-from streams.stall import StallWatch, Watched, describe_partition
+from streams.stall import StallWatch, Watched
 from tests.integration.harness import produce
 
 pytestmark = pytest.mark.integration
