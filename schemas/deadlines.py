@@ -61,6 +61,9 @@ class DeadlineIndex:
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
 
+    def close(self) -> None:
+        """Nothing to release (the on-disk index, streams/deadline_store.py, has)."""
+
     def __len__(self) -> int:
         return len(self._current)
 

@@ -30,7 +30,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 from mode import Service
 
-from sinks.topic_sink import describe_partition
+from sinks.topic_sink import describe_partition, lag_of
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,12 @@ class StallDetector:
         partitions that moved again after a stall, partitions stalled now)."""
         stalled, moved = [], []
         current = set()
-        for where, (position, high) in positions.items():
+        waiting = lag_of(positions)
+        for where, (position, _) in positions.items():
             key = (consumer, where)
             current.add(key)
             seen = self._seen.get(key)
-            waiting = high > (position or 0)
-            if seen is None or seen.position != position or not waiting:
+            if seen is None or seen.position != position or not waiting[where]:
                 if seen is not None and seen.stalled:
                     moved.append(where)
                 self._seen[key] = _Seen(position, now)
@@ -141,13 +141,12 @@ class StallWatch(Service):
             if moved:
                 log.info("%s: moving again: %s", w.name, ", ".join(moved))
             if stalled:
-                parts = []
-                for where in stalled:
-                    position, high = positions[where]
-                    parts.append(
-                        f"{where} ({high - (position or 0)} waiting at {position}; "
-                        f"{_safe(w.describe, where)})"
-                    )
+                lag = lag_of(positions)
+                parts = [
+                    f"{where} ({lag[where]} waiting at {positions[where][0]}; "
+                    f"{_safe(w.describe, where)})"
+                    for where in stalled
+                ]
                 log.warning(
                     "%s: %d partitions have messages waiting and have not moved for %.0f s: "
                     "%s; tasks: %s",

@@ -548,8 +548,7 @@ class Tracker:
             owned = self._owned.pop(number, None)
             if owned is None:
                 continue
-            if isinstance(owned.index, DiskDeadlineIndex):
-                owned.index.close()
+            owned.index.close()
             for status, n in owned.open_by_status.items():
                 self.metrics.referrals_open.labels(status).dec(n)
             for (org, rule), n in owned.firing.items():
