@@ -47,6 +47,11 @@ The fixes, installed by `install_consumer_fixes()`:
 - Every seek these fixes make runs in the consumer's own thread (`_seek_in_thread`):
   aiokafka is not thread-safe, and a seek from the worker's thread once crashed the
   fetcher.
+- A fetched message the fetch loop does not hand to the streams (`getmany` stops when a
+  rebalance begins or drops a paused partition's records; a delivery is abandoned when
+  the flow is suspended) is read again: the partition is sought back to the first such
+  offset after the fetch (`_read_undelivered`), and the drop is logged. Faust dropped
+  them without a word and relied on the seek that ends a rebalance to fetch them again.
 
 Table changelog partitions are left alone: recovery positions them itself and Faust
 never commits them.
@@ -58,12 +63,15 @@ import asyncio
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Coroutine, Generator
+from collections.abc import AsyncIterator, Coroutine, Generator
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING, Consumer
 from faust.types import TP
 from faust.utils.functional import consecutive_numbers
+
+from sinks.topic_sink import fetch_position
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +85,7 @@ def _tp(tp: Any) -> TP:
 async def perform_seek(self: Any) -> None:
     """Seek every assigned stream partition to where processing must resume: its committed
     offset, or its earliest offset if none was ever committed (Faust skipped those)."""
+    self._reftrack_seeks += 1  # fetched-but-undelivered notes from before are void now
     committed = {_tp(tp): offset for tp, offset in (await self.seek_to_committed()).items()}
     changelogs = set(self.app.tables.changelog_topics)
     fresh = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
@@ -164,6 +173,48 @@ def resume_offset(consumer: Any, tp: TP) -> int | None:
     return None if start is None else int(start)
 
 
+def fetched_to(consumer: Any, tp: TP) -> int | None:
+    """The next offset of `tp` the aiokafka client under `consumer` will fetch (what it
+    has handed to Faust is below it); None if unknown (not assigned, not started)."""
+    try:
+        client = consumer._thread._consumer
+    except AttributeError:  # the consumer thread has not started
+        return None
+    if client is None:
+        return None
+    try:
+        return fetch_position(client, TopicPartition(tp.topic, tp.partition))
+    except Exception:  # a change of client internals must not break the caller
+        return None
+
+
+def waiting_in_stream(app: Any, tp: TP) -> int:
+    """How many events of `tp` wait in the buffers of the streams reading its topic
+    (delivered by the consumer, not yet taken by an agent)."""
+    n = 0
+    for queue in _stream_queues(app, tp.topic):
+        for event in list(queue._queue):
+            message = getattr(event, "message", None)
+            if message is not None and message.partition == tp.partition:
+                n += 1
+    return n
+
+
+def stream_buffers(app: Any, topic: str) -> list[int]:
+    """The size of each stream buffer of `topic` (one per channel Faust delivers to:
+    more than the agent's streams means some buffer has no reader)."""
+    return [queue.qsize() for queue in _stream_queues(app, topic)]
+
+
+def _stream_queues(app: Any, topic: str) -> list[Any]:
+    queues = []
+    for channel in list(app.topics):
+        queue = getattr(channel, "_queue", None)
+        if queue is not None and topic in getattr(channel, "topics", ()):
+            queues.append(queue)
+    return queues
+
+
 def read_again(consumer: Any, tp: TP, offset: int) -> None:
     """Make `consumer` read `tp` again from `offset` (a message there was skipped)."""
     _read_again(consumer, tp, offset, None)
@@ -206,7 +257,7 @@ class NoReadOffsets(dict):  # type: ignore[type-arg]
 
 
 async def _drain_messages(self: Any, fetcher: Any) -> None:
-    """Faust's fetch loop (`Consumer._drain_messages`), with two changes.
+    """Faust's fetch loop (`Consumer._drain_messages`), with three changes.
 
     - Each message is handed to the streams by `_deliver` instead of a `wait_first` of
       its own: Faust made four tasks and an `asyncio.wait` per message, about 100 µs,
@@ -214,6 +265,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
       event; docs/performance.md).
     - Every message the client returns is delivered (see `NoReadOffsets`), so the
       read-offset check and its gap bookkeeping are gone.
+    - A message that was fetched but not delivered is read again (`_read_undelivered`).
 
     The rest is Faust's: the same stop conditions, periodic yield and commit cadence.
     """
@@ -238,7 +290,9 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
-                    await _deliver(self, callback(message))
+                    if not await _deliver(self, callback(message)):
+                        _not_delivered(self, message.tp, message.offset, "the flow stopped")
+                _read_undelivered(self)
                 unset_flag(CONSUMER_FETCHING)
     except self.consumer_stopped_errors:
         if self.transport.app.should_stop:
@@ -257,18 +311,94 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
         unset_flag(CONSUMER_FETCHING)
 
 
-async def _deliver(consumer: Any, delivery: Coroutine[Any, Any, Any]) -> None:
+async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+    """Faust's `Consumer.getmany`: one fetch's records, round-robin over partitions, as
+    messages. Faust stops handing them out when a rebalance begins (the flow stops, the
+    generation changes) and skips those of a partition paused meanwhile; the records
+    left over are gone from the client. Here each partition's first record not handed
+    out is noted (`_not_delivered`), so the fetch loop reads it again."""
+    records, active_partitions = await self._wait_next_records(timeout)
+    generation_id = self.app.consumer_generation_id
+    if records is None or self.should_stop:
+        return
+    if not self.flow_active:  # as Faust: positions go back to the committed offsets
+        try:
+            await self.perform_seek()
+        except Exception as exc:
+            log.warning("could not seek to the committed offsets: %r", exc)
+        return
+    to_message = self._to_message
+    buffered = self._buffered_partitions
+    handed: dict[TP, int] = {}  # records taken per partition, handed out or skipped
+    reason = ""
+    try:
+        for tp, record in self.scheduler.iterate(records):
+            if not self.flow_active:
+                reason = "the flow stopped"
+                break
+            if self.app.consumer_generation_id != generation_id:
+                reason = "a rebalance began"
+                break
+            handed[tp] = handed.get(tp, 0) + 1
+            if active_partitions is None or tp in active_partitions or tp in buffered:
+                self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                yield tp, to_message(tp, record)
+            else:
+                _not_delivered(self, tp, record.offset, "its partition was paused")
+    finally:
+        for tp, taken in records.items():
+            n = handed.get(tp, 0)
+            if n < len(taken):
+                _not_delivered(self, tp, taken[n].offset, reason or "the fetch loop stopped")
+
+
+def _not_delivered(self: Any, tp: TP, offset: int, reason: str) -> None:
+    """Note that the message at `offset` of `tp` was fetched but never reached a stream."""
+    pending: dict[TP, tuple[int, str, int]] = self._reftrack_undelivered
+    noted = pending.get(tp)
+    if noted is None or offset < noted[0] or noted[2] != self._reftrack_seeks:
+        pending[tp] = (offset, reason, self._reftrack_seeks)
+
+
+def _read_undelivered(self: Any) -> None:
+    """Seek each partition with a message fetched but not delivered back to the first one,
+    so it is fetched again (the client has moved past it). Not if the consumer has been
+    sought to the committed offsets since (perform_seek, after a rebalance): that seek
+    goes back at least as far, and a seek now could undo it. A partition revoked
+    meanwhile is not sought: its next owner starts at the committed offset anyway."""
+    pending: dict[TP, tuple[int, str, int]] = self._reftrack_undelivered
+    if not pending:
+        return
+    changelogs = set(self.app.tables.changelog_topics)
+    for tp, (offset, reason, seeks) in sorted(pending.items()):
+        if tp.topic in changelogs or seeks != self._reftrack_seeks:
+            continue  # recovery positions changelogs itself; perform_seek came since
+        log.info(
+            "%s/%s: fetched messages from offset %d were not delivered (%s); reading again",
+            tp.topic,
+            tp.partition,
+            offset,
+            reason,
+        )
+        self._seek_in_thread(tp, offset)
+    pending.clear()
+
+
+async def _deliver(consumer: Any, delivery: Coroutine[Any, Any, Any]) -> bool:
     """Run `delivery` (Faust's callback for one message: put it on its streams' queues)
     as Faust does, racing the flow being suspended, but without tasks when it need not
     wait: it is run one step here, and only if it has to wait (a stream's buffer is
-    full) does the rest race the suspension in Faust's `wait_first`, as before."""
+    full) does the rest race the suspension in Faust's `wait_first`, as before.
+    False if the suspension (or the consumer stopping) won: the message was not
+    delivered."""
     if not consumer.suspend_flow.is_set():
         try:
             awaiting = delivery.send(None)
         except StopIteration:
-            return  # delivered without waiting: the common case
+            return True  # delivered without waiting: the common case
         delivery = _continue(delivery, awaiting)
-    await consumer.wait_first(delivery, consumer.suspend_flow.wait())
+    result = await consumer.wait_first(delivery, consumer.suspend_flow.wait())
+    return delivery in result.done
 
 
 async def _continue(delivery: Coroutine[Any, Any, Any], awaiting: Any) -> Any:
@@ -307,6 +437,10 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     # and when each partition was last sought back to a missing message (_read_again).
     self._reftrack_start = {}
     self._reftrack_repaired = {}
+    # The first message per partition fetched but not delivered (see getmany), and how
+    # many times perform_seek has run (a note made before the last one is void).
+    self._reftrack_undelivered = {}
+    self._reftrack_seeks = 0
 
 
 def install_consumer_fixes() -> None:
@@ -316,3 +450,4 @@ def install_consumer_fixes() -> None:
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     Consumer._seek_in_thread = _seek_in_thread  # type: ignore[attr-defined]
     Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
+    Consumer.getmany = getmany  # type: ignore[method-assign]

@@ -162,6 +162,12 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.tracker_reread = Counter(
+            "reftrack_tracker_rereads",
+            "Times a tracked partition was read again because the consumer had fetched past "
+            "events that never reached the tracker (streams/tracker.py: retry_lost)",
+            registry=r,
+        )
         self.tracker_out_of_sequence = Counter(
             "reftrack_tracker_out_of_sequence_events",
             "Tracked events delivered out of offset order after a rebalance, held back and "

@@ -31,6 +31,7 @@ from faust.types import TP
 from mode import Service
 
 from sinks.topic_sink import describe_partition, lag_of
+from streams.faust_compat import stream_buffers
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -247,13 +248,15 @@ def stream_positions(app: Any, topic: str) -> Positions:
 
 
 def tracker_watch(app: Any, topic: str, sequence_state: Callable[[int], str]) -> Watched:
-    """The tracker's partitions, watched once the app's tables are recovered (while they
-    are, Faust holds its stream partitions back: that is not a stall). A stalled
+    """The tracker's partitions, watched while the app's tables are recovered and no
+    rebalance is under way (while they recover, Faust holds its stream partitions back:
+    that is not a stall). A stalled
     partition is described by the tracker (`sequence_state`), Faust's consumer and the
     client under it."""
 
     def positions() -> Positions:
-        if not (app.started and app.tables.recovery.completed.is_set()):
+        # Faust sets `completed` once, at the first recovery; later ones are rebalances
+        if not app.started or app.rebalancing or not app.tables.recovery.completed.is_set():
             return {}
         return stream_positions(app, topic)
 
@@ -268,7 +271,13 @@ def tracker_watch(app: Any, topic: str, sequence_state: Callable[[int], str]) ->
             f"active {active is None or tp in active}, paused {tp in c._paused_partitions}, "
             f"buffer full {tp in c._buffered_partitions}"
         )
+        app_state = (
+            f"flow {'on' if c.flow_active else 'stopped'}, flow control "
+            f"{'on' if app.flow_control.is_active() else 'off'}, "
+            f"generation {app.consumer_generation_id}, rebalancing {app.rebalancing}, "
+            f"stream buffers {stream_buffers(app, topic)}"
+        )
         client = describe_partition(c._thread._consumer, where)
-        return f"{sequence_state(number)}; {faust}; client: {client}"
+        return f"{sequence_state(number)}; {faust}; {app_state}; client: {client}"
 
     return Watched("tracker", positions, describe)

@@ -45,7 +45,7 @@ from schemas.snapshot import status_snapshot
 from streams.clock import Clock
 from streams.deadline_store import DiskDeadlineIndex
 from streams.dlq import send_dead_letter
-from streams.faust_compat import read_again, resume_offset
+from streams.faust_compat import fetched_to, read_again, resume_offset, waiting_in_stream
 from streams.metrics import Metrics
 from streams.murmur import partition_for
 from streams.publish import Outbox
@@ -159,11 +159,19 @@ class Tracker:
     # request to read a partition again from an offset (streams.faust_compat).
     resume_offset: Callable[[int], int | None] = lambda partition: None
     read_again: Callable[[int, int], None] = lambda partition, offset: None
+    # How far the consumer has fetched a partition (its next offset; None: unknown), and
+    # how many of its events wait in the stream's buffer, not yet taken (see retry_lost).
+    fetched_to: Callable[[int], int | None] = lambda partition: None
+    waiting_in_stream: Callable[[int], int] = lambda partition: 0
     # A new, empty deadline index for a partition the tracker takes (see Index).
     new_index: Callable[[int], Index] = lambda partition: DeadlineIndex()
     _owned: dict[int, OwnedPartition] = field(default_factory=dict)
     _next_offset: dict[int, int | None] = field(default_factory=dict)
     _held: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # see _first_available
+    _quiet: dict[int, tuple[int, float]] = field(default_factory=dict)  # see retry_lost
+    # ids of this batch's events read again at an offset this tracker already processed
+    # (see _in_sequence): counted the first time, not again
+    _again: set[int] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # events of the current batch, per label set (see _count_events)
     _processed: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -188,12 +196,20 @@ class Tracker:
         self.metrics.tracker_batch_seconds.observe(time.perf_counter() - started)
 
     async def _process(self, events: list[EventT]) -> None:
+        self._again.clear()
+        try:
+            await self._process_in_sequence(self._in_sequence(events))
+        finally:
+            self._again.clear()
+
+    async def _process_in_sequence(self, events: list[EventT]) -> None:
         by_partition: dict[int, list[Item]] = {}
-        for event in self._in_sequence(events):
+        for event in events:
             try:
                 tracked_event = TrackedEvent.from_json(event.message.value or b"")
             except Exception as exc:
-                await self.reject(event, exc)
+                if id(event) not in self._again:  # dead-lettered when first read
+                    await self.reject(event, exc)
                 continue
             by_partition.setdefault(event.message.partition, []).append((event, tracked_event))
         self._ensure_owned(set(by_partition))
@@ -279,6 +295,8 @@ class Tracker:
                 if expected is None or offset >= expected:
                     expected = offset + 1
                     self._held.pop(number, None)  # the sequence moved on
+                else:  # below the sequence: processed (and counted) before, here or
+                    self._again.add(id(event))  # by the partition's committing owner
             self._next_offset[number] = expected
         return kept
 
@@ -292,7 +310,56 @@ class Tracker:
             if held is not None
             else "not waiting for a missing offset"
         )
-        return f"tracker expects offset {self._next_offset.get(number)}, {waiting}"
+        return (
+            f"tracker expects offset {self._expected(number)}, {waiting}, "
+            f"{self.waiting_in_stream(number)} events of it in the stream's buffer"
+        )
+
+    def _expected(self, number: int) -> int | None:
+        """The next offset of partition `number` the tracker needs."""
+        if number in self._next_offset:
+            return self._next_offset[number]
+        return self.resume_offset(number)
+
+    def retry_lost(self, now: float | None = None) -> None:
+        """Read a partition again when the consumer has fetched past offsets the tracker
+        never got, and nothing of it has come for LOST_AFTER_SECONDS.
+
+        A hole in the middle of a partition shows itself: the next event is out of
+        sequence, is held back and the partition is read again (_in_sequence). A hole at
+        the end does not: when the messages Faust lost between fetch and stream were the
+        last ones written, nothing comes after them, and the partition waits for ever
+        (the multi-worker test once stalled so after a rebalance, with the consumer at the
+        end of the partition and the tracker a thousand offsets behind). Called by the
+        alert timer, between batches; a partition whose events wait in the stream's
+        buffer is not lost, only slow."""
+        if self._lock.locked():
+            return
+        now = time.monotonic() if now is None else now
+        for number in list(self._owned):
+            expected = self._expected(number)
+            fetched = self.fetched_to(number)
+            if expected is None or fetched is None or fetched <= expected or number in self._held:
+                self._quiet.pop(number, None)
+                continue
+            quiet = self._quiet.get(number)
+            if quiet is None or quiet[0] != expected:
+                self._quiet[number] = (expected, now)
+                continue
+            if now - quiet[1] < LOST_AFTER_SECONDS or self.waiting_in_stream(number):
+                continue
+            log.warning(
+                "%s/%d: fetched to offset %d, but nothing from %d reached the tracker "
+                "in %.0f s; reading again",
+                self.tracked_topic,
+                number,
+                fetched,
+                expected,
+                now - quiet[1],
+            )
+            self.metrics.tracker_reread.inc()
+            self._quiet[number] = (expected, now)  # the next try, if needed, after as long
+            self.read_again(number, expected)
 
     def retry_held(self) -> None:
         """Ask again for the partitions still waiting for a missing offset: a read again
@@ -333,7 +400,10 @@ class Tracker:
         assert entry is not None
         entry.had_events = True
         offset = event.message.offset
-        if entry.state.apply(tracked, offset):
+        applied = entry.state.apply(tracked, offset)
+        if id(event) in self._again:
+            pass  # read again: counted when first read (SPEC §6: each message once)
+        elif applied:
             self._processed[(tracked.type, tracked.source)] += 1
         else:
             self._duplicates[tracked.type] += 1
@@ -545,6 +615,7 @@ class Tracker:
         for number in numbers:
             self._next_offset.pop(number, None)
             self._held.pop(number, None)
+            self._quiet.pop(number, None)
             owned = self._owned.pop(number, None)
             if owned is None:
                 continue
@@ -581,6 +652,9 @@ TICK_CHUNK = 1000
 # How long a partition is read again from a missing offset, answering only from later
 # ones, before the missing offsets are taken as deleted (Tracker._first_available).
 GONE_AFTER_SECONDS = 60.0
+# How long a partition the consumer has fetched past the tracker's next offset may bring
+# nothing before it is read again from that offset (Tracker.retry_lost).
+LOST_AFTER_SECONDS = 10.0
 
 _OPEN = frozenset({"created", "routed", "contacted", "scheduled", "seen"})
 
@@ -597,10 +671,19 @@ def register_tracker(
         async for events in stream.take_events(batch, within=batch_seconds):
             await tracker.process(events)
 
+    tables: Any = app.tables
+
+    def recovered() -> bool:
+        """Tables recovered and no rebalance under way (Faust sets `completed` once, at
+        the first recovery): the offsets the consumer resumed from are known."""
+        return bool(tables.recovery.completed.is_set()) and not app.rebalancing
+
     @app.timer(interval=tick_seconds, name="reftrack.alert_tick")
     async def tick() -> None:
         try:
             tracker.retry_held()
+            if recovered():  # the offsets it resumed from are known from then on
+                tracker.retry_lost()
             await tracker.tick(app)
         except Exception:  # keep the timer alive; the next tick tries again
             log.exception("alert tick failed")
@@ -610,4 +693,6 @@ def register_tracker(
     tracker.read_again = lambda partition, offset: read_again(
         app.consumer, TP(topic, partition), offset
     )
+    tracker.fetched_to = lambda partition: fetched_to(app.consumer, TP(topic, partition))
+    tracker.waiting_in_stream = lambda partition: waiting_in_stream(app, TP(topic, partition))
     return app.agent(tracked, name="reftrack.tracker")(track)

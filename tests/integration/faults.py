@@ -14,9 +14,16 @@ through - with a check of a control directory:
   stored, the sink's offsets not yet committed (the window a SIGKILL "during a flush"
   hits). The worker's one ClickHouse thread is held meanwhile: no queries answer.
 
-The tracker. While `<dir>/tracker-hang` exists, `streams.tracker.Tracker.process` waits
-before it takes a batch: the tracker hangs the way a publish that never returns would,
-and its partitions stop moving (what the stall watch must report).
+The tracker. While `<dir>/tracker-hang` exists, `streams.tracker.Tracker._process` waits
+before it works on a batch (holding the tracker's lock, as a batch in progress does):
+the tracker hangs the way a publish that never returns would, and its partitions stop
+moving (what the stall watch must report).
+
+Lost messages. While `<dir>/tracker-drop` exists, each message of the tracked topic the
+consumer fetches is thrown away once, before any stream sees it (the first time per
+offset; a read again delivers it), the way Faust's consumer once lost fetched messages
+around a rebalance; `<dir>/dropped` counts them. When those were the last messages of
+their partitions, nothing comes after them to show the hole (Tracker.retry_lost).
 
 This is fault injection in front of the real engine, not a mock: otherwise (and after a
 slow wait) the real insert runs and the real embedded ClickHouse stores every row; reads
@@ -47,6 +54,8 @@ SLOW = "clickhouse-slow"
 SLOW_SECONDS = 1.5
 HOLD = "clickhouse-hold"
 TRACKER_HANG = "tracker-hang"
+TRACKER_DROP = "tracker-drop"
+DROPPED = "dropped"
 INSIDE = "inside-flush"
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,14 +93,39 @@ def install() -> None:
 
     from streams.tracker import Tracker
 
-    real_process: Callable[..., Any] = Tracker.process
+    real_process: Callable[..., Any] = Tracker._process
 
     async def process(self: Any, events: list[Any]) -> None:
         while (directory / TRACKER_HANG).exists():
             await asyncio.sleep(0.1)
         await real_process(self, events)
 
-    Tracker.process = process  # type: ignore[method-assign]
+    Tracker._process = process  # type: ignore[method-assign]
+
+    from faust.transport.conductor import Conductor
+
+    real_compile: Callable[..., Any] = Conductor._compile_message_handler
+    dropped: set[tuple[int, int]] = set()
+
+    def compile_message_handler(self: Any) -> Any:
+        handler = real_compile(self)
+
+        async def on_message(message: Any) -> Any:
+            where = (message.partition, message.offset)
+            if (
+                message.topic.endswith(".tracked.v1")
+                and where not in dropped
+                and (directory / TRACKER_DROP).exists()
+            ):
+                dropped.add(where)
+                (directory / f"{DROPPED}.tmp").write_text(str(len(dropped)))
+                (directory / f"{DROPPED}.tmp").rename(directory / DROPPED)
+                return None
+            return await handler(message)
+
+        return on_message
+
+    Conductor._compile_message_handler = compile_message_handler  # type: ignore[method-assign]
 
 
 _SITECUSTOMIZE = """\

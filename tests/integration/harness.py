@@ -133,6 +133,7 @@ class Worker:
         own data dir (Faust tables, embedded ClickHouse) under `<data dir>/<name>` and its
         own web port. A restart with the same name finds the same state."""
         self.deployment = deployment
+        self.name = name
         deployment.data_dir.mkdir(parents=True, exist_ok=True)
         env = deployment.env()
         self.web_port = deployment.web_port
@@ -225,11 +226,14 @@ class Worker:
             state = f"/api/pipeline failed: {exc!r}"
         alive = "running" if self.process.poll() is None else f"exited {self.process.returncode}"
         log = self.log_path.read_text(errors="replace")
-        stalls = [line for line in log.splitlines() if "have not moved for" in line][-4:]
+        lines = log.splitlines()
+        stalls = [line for line in lines if "have not moved for" in line][-4:]
+        notable = [line for line in lines if _notable(line) and line not in stalls][-30:]
         return (
-            f"worker {alive}; /api/pipeline: {json.dumps(state)[:3000]}\n"
+            f"worker {self.name} {alive}; /api/pipeline: {json.dumps(state)[:3000]}\n"
             + "".join(f"stall: {line[:4000]}\n" for line in stalls)
-            + f"log tail:\n{log[-5000:]}"
+            + "".join(f"notable: {line[:600]}\n" for line in notable)
+            + f"log tail:\n{log[-3000:]}"
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int:
@@ -338,3 +342,15 @@ async def read_committed(
 def committed_offsets(bootstrap: str, group: str, *topics: str) -> dict[tuple[str, int], int]:
     """The group's committed offsets for these topics (absent: nothing committed)."""
     return asyncio.run(read_committed(bootstrap, group, list(topics)))
+
+
+def _notable(line: str) -> bool:
+    """A worker log line a failed wait should quote wherever it is in the log: warnings
+    and errors, and the consumer's repairs (messages read again)."""
+    return (
+        '"level": "warning"' in line
+        or '"level": "error"' in line
+        or '"level": "critical"' in line
+        or "reading again" in line
+        or "no committed offset" in line
+    ) and "Heartbeat failed" not in line

@@ -30,9 +30,11 @@ from schemas.events import parse_event
 from streams.simulator import SimConfig, SimMessage, generate
 from tests.integration.faults import (
     DOWN,
+    DROPPED,
     HOLD,
     INSIDE,
     SLOW,
+    TRACKER_DROP,
     TRACKER_HANG,
     ProxiedTansu,
     clickhouse_hook_env,
@@ -295,6 +297,39 @@ def test_a_hung_tracker_is_reported_stalled_and_loses_nothing(
         assert "tracker: moving again: " in log
     finally:
         (control / TRACKER_HANG).unlink(missing_ok=True)
+        code = worker.stop()
+    assert code == 0, worker.logs()
+
+
+def test_messages_lost_at_the_end_of_a_partition_are_read_again(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """Tracked messages thrown away between fetch and stream, with nothing after them:
+    the consumer is at the end of each partition, the tracker behind it, and no later
+    event shows the hole. The tracker reads the partitions again (Tracker.retry_lost)."""
+    control = tmp_path / "faults"
+    deployment.extra_env.update(clickhouse_hook_env(control, tmp_path / "hook"))
+    now = datetime.now(UTC)
+    first = traffic(61, FIRST_ORGS, now, referrals=60)
+    second = traffic(62, SECOND_ORGS, now, referrals=60)
+    want_first, _ = expected(first, now)
+    want_all, reference = expected(first + second, now)
+
+    worker = Worker(deployment)
+    try:
+        worker.wait_ready()
+        produce(deployment.bootstrap, deployment.events_topic, keyed(first))
+        wait_for(lambda: stored(worker) == want_first, 60, what="the first batch stored")
+        (control / TRACKER_DROP).touch()
+        produce(deployment.bootstrap, deployment.events_topic, keyed(second))
+        assert_all_stored(worker, want_all, first + second, reference, now)
+        dropped = int((control / DROPPED).read_text())
+        assert dropped > 0
+        log = worker.log_path.read_text(errors="replace")
+        assert "reached the tracker" in log and "reading again" in log, worker.logs()
+        assert metric(worker, "reftrack_tracker_rereads_total") >= 1
+    finally:
+        (control / TRACKER_DROP).unlink(missing_ok=True)
         code = worker.stop()
     assert code == 0, worker.logs()
 

@@ -54,6 +54,7 @@ class StandIn:
         self._thread = FakeThread()
         self._reftrack_start: dict[TP, int] = {}
         self._reftrack_repaired: dict[TP, float] = {}
+        self._reftrack_seeks = 0
         self._broker_committed = committed or {}
         self._earliest: dict[TP, int] = {}
         self.app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}))
@@ -217,6 +218,7 @@ class Sequencer:
 
         self._next_offset: dict[int, int | None] = {}
         self._held: dict[int, Any] = {}
+        self._again: set[int] = set()
         self.metrics = Metrics()
         self.tracked_topic = "tracked"
         self.resume_offset = lambda partition: resume.get(partition)
@@ -265,8 +267,27 @@ def test_redelivered_offsets_below_the_sequence_are_kept() -> None:
     # already processed: the state and the windows recognise them (idempotent)
     s = Sequencer({0: 5})
     assert s.run(event(0, 5), event(0, 6)) == [(0, 5), (0, 6)]
-    assert s.run(event(0, 5), event(0, 7)) == [(0, 5), (0, 7)]
+    assert s._again == set()
+    again, new = event(0, 5), event(0, 7)
+    assert s.run(again, new) == [(0, 5), (0, 7)]
     assert s._next_offset[0] == 8
+    # the one read again is marked, so it is not counted a second time
+    assert s._again == {id(again)}
+
+
+def test_a_copy_fetched_twice_in_one_batch_is_counted_once() -> None:
+    # a stale fetch and the read again after a seek back can bring the same offset twice
+    s = Sequencer({0: 5})
+    first, second = event(0, 5), event(0, 5)
+    assert s.run(first, second, event(0, 6)) == [(0, 5), (0, 5), (0, 6)]
+    assert s._again == {id(second)}
+
+
+def test_offsets_below_the_resume_point_were_processed_by_the_committing_owner() -> None:
+    s = Sequencer({0: 10})
+    stale = event(0, 8)
+    assert s.run(stale, event(0, 10)) == [(0, 8), (0, 10)]
+    assert s._again == {id(stale)}
 
 
 def test_offsets_the_broker_no_longer_has_are_given_up_after_a_while(
@@ -331,7 +352,7 @@ def test_a_delivery_that_need_not_wait_runs_at_once_without_a_task() -> None:
     async def main() -> Flow:
         flow = Flow()
         for n in range(3):
-            await faust_compat._deliver(flow, put(n))
+            assert await faust_compat._deliver(flow, put(n))
         return flow
 
     flow = asyncio.run(main())
@@ -358,7 +379,7 @@ def test_a_delivery_that_waits_finishes_once_its_buffer_has_room() -> None:
             got.append(("took", buffer.get_nowait()))
 
         taker = asyncio.create_task(agent())
-        await faust_compat._deliver(flow, put(1))
+        assert await faust_compat._deliver(flow, put(1))
         await taker
         got.append(("left", buffer.get_nowait()))
         return got, flow
@@ -391,7 +412,7 @@ def test_a_waiting_delivery_is_abandoned_when_the_flow_is_suspended() -> None:
             flow.suspend_flow.set()
 
         suspender = asyncio.create_task(rebalance())
-        await faust_compat._deliver(flow, put(1))
+        assert not await faust_compat._deliver(flow, put(1))  # not delivered: read again
         await suspender
         await asyncio.sleep(0)  # let the cancelled delivery unwind
         seen.append(f"buffer holds {buffer.qsize()}")
@@ -400,7 +421,7 @@ def test_a_waiting_delivery_is_abandoned_when_the_flow_is_suspended() -> None:
     assert asyncio.run(main()) == ["cancelled", "buffer holds 1"]
 
 
-def test_a_delivery_while_suspended_is_dropped_as_in_faust() -> None:
+def test_a_delivery_while_suspended_is_not_delivered() -> None:
     delivered: list[int] = []
 
     async def put(n: int) -> None:
@@ -410,7 +431,7 @@ def test_a_delivery_while_suspended_is_dropped_as_in_faust() -> None:
     async def main() -> None:
         flow = Flow()
         flow.suspend_flow.set()
-        await faust_compat._deliver(flow, put(1))
+        assert not await faust_compat._deliver(flow, put(1))
         await asyncio.sleep(0.05)
 
     asyncio.run(main())
@@ -429,3 +450,218 @@ def test_a_failing_delivery_raises_in_the_fetch_loop(waits: bool) -> None:
 
     with pytest.raises(ValueError, match="cannot decode"):
         asyncio.run(main())
+
+
+# -- fetched but not delivered (faust_compat.getmany, _read_undelivered) -----------------
+
+
+class Fetching(StandIn):
+    """What getmany uses of Faust's consumer: one fetch's records, the flow switch, the
+    app's generation and the partitions it may hand out."""
+
+    def __init__(self, records: dict[TP, list[int]], active: set[TP] | None = None) -> None:
+        from faust.transport.utils import DefaultSchedulingStrategy
+
+        super().__init__()
+        self.records = {
+            tp: [SimpleNamespace(offset=o) for o in offsets] for tp, offsets in records.items()
+        }
+        self.active = set(records) if active is None else active
+        self.flow_active = True
+        self.should_stop = False
+        self._buffered_partitions: set[TP] = set()
+        self._reftrack_undelivered: dict[TP, tuple[int, str, int]] = {}
+        self.scheduler = DefaultSchedulingStrategy()
+        self.app.consumer_generation_id = 1
+        self.app.monitor = SimpleNamespace(track_tp_end_offset=lambda tp, offset: None)
+
+    async def _wait_next_records(self, timeout: float) -> Any:
+        return self.records, self.active
+
+    def _to_message(self, tp: TP, record: Any) -> Any:
+        return record.offset
+
+    def highwater(self, tp: TP) -> int:
+        return 0
+
+    def fetch(self, stop_after: int | None = None, on_each: Any = None) -> list[tuple[TP, int]]:
+        async def main() -> list[tuple[TP, int]]:
+            got: list[tuple[TP, int]] = []
+            async for tp, offset in faust_compat.getmany(self, timeout=1.0):
+                got.append((tp, offset))
+                if on_each is not None:
+                    on_each(self, got)
+                if stop_after is not None and len(got) == stop_after:
+                    break
+            return got
+
+        return asyncio.run(main())
+
+
+OTHER = TP("events", 1)
+
+
+def test_a_fetch_handed_out_whole_leaves_nothing_to_read_again() -> None:
+    c = Fetching({EVENTS: [5, 6, 7], OTHER: [1, 2]})
+    got = c.fetch()
+    assert sorted(got) == [(EVENTS, 5), (EVENTS, 6), (EVENTS, 7), (OTHER, 1), (OTHER, 2)]
+    assert c._reftrack_undelivered == {}
+
+
+def test_records_left_when_a_rebalance_begins_are_noted_from_the_first_per_partition() -> None:
+    def rebalance_after_three(c: Fetching, got: list[Any]) -> None:
+        if len(got) == 3:
+            c.app.consumer_generation_id = 2
+
+    c = Fetching({EVENTS: [5, 6, 7, 8], OTHER: [1, 2, 3]})
+    got = c.fetch(on_each=rebalance_after_three)
+    assert len(got) == 3
+    first_missing = {
+        tp: min(o for o in offsets if (tp, o) not in got)
+        for tp, offsets in {EVENTS: [5, 6, 7, 8], OTHER: [1, 2, 3]}.items()
+    }
+    assert {tp: note[0] for tp, note in c._reftrack_undelivered.items()} == first_missing
+    assert {note[1] for note in c._reftrack_undelivered.values()} == {"a rebalance began"}
+
+
+def test_records_left_when_the_flow_stops_are_noted() -> None:
+    def stop_flow(c: Fetching, got: list[Any]) -> None:
+        c.flow_active = False
+
+    c = Fetching({EVENTS: [5, 6, 7]})
+    assert c.fetch(on_each=stop_flow) == [(EVENTS, 5)]
+    assert c._reftrack_undelivered == {EVENTS: (6, "the flow stopped", 0)}
+
+
+def test_records_of_a_paused_partition_are_noted_and_the_others_handed_out() -> None:
+    c = Fetching({EVENTS: [5, 6], OTHER: [1, 2]}, active={OTHER})
+    assert c.fetch() == [(OTHER, 1), (OTHER, 2)]
+    assert c._reftrack_undelivered == {EVENTS: (5, "its partition was paused", 0)}
+    # a partition whose stream buffer is full is still handed out (as in Faust)
+    c = Fetching({EVENTS: [5, 6]}, active=set())
+    c._buffered_partitions.add(EVENTS)
+    assert c.fetch() == [(EVENTS, 5), (EVENTS, 6)]
+    assert c._reftrack_undelivered == {}
+
+
+def test_records_left_when_the_fetch_loop_stops_taking_them_are_noted() -> None:
+    c = Fetching({EVENTS: [5, 6, 7]})
+    assert c.fetch(stop_after=1) == [(EVENTS, 5)]
+    assert c._reftrack_undelivered == {EVENTS: (6, "the fetch loop stopped", 0)}
+
+
+def test_undelivered_partitions_are_sought_back_to_their_first_undelivered_offset(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    c = Fetching({})
+    faust_compat._not_delivered(c, EVENTS, 9, "the flow stopped")
+    faust_compat._not_delivered(c, EVENTS, 7, "a rebalance began")  # the first one counts
+    faust_compat._not_delivered(c, EVENTS, 8, "the flow stopped")
+    faust_compat._not_delivered(c, CHANGELOG, 3, "its partition was paused")
+    with caplog.at_level("INFO", logger="streams.faust_compat"):
+        faust_compat._read_undelivered(c)
+    assert c._thread.seeks == [(EVENTS, 7)]  # changelogs: recovery positions them itself
+    assert c._reftrack_undelivered == {}
+    assert "events/0: fetched messages from offset 7 were not delivered (a rebalance began)" in (
+        caplog.text
+    )
+    faust_compat._read_undelivered(c)
+    assert c._thread.seeks == [(EVENTS, 7)]
+
+
+def test_a_note_made_before_the_seek_to_the_committed_offsets_is_void() -> None:
+    # noted at 500, then a rebalance ends with perform_seek to the committed 450: seeking
+    # to 500 now would skip 450-499
+    c = Fetching({})
+    c._broker_committed = {EVENTS: 450}
+    faust_compat._not_delivered(c, EVENTS, 500, "its partition was paused")
+    asyncio.run(perform_seek(c))
+    faust_compat._read_undelivered(c)
+    assert c._thread.seeks == [] and c._reftrack_undelivered == {}
+    # a note made after it stands, and replaces the void one
+    faust_compat._not_delivered(c, EVENTS, 600, "its partition was paused")
+    faust_compat._read_undelivered(c)
+    assert c._thread.seeks == [(EVENTS, 600)]
+
+
+# -- a hole at the end of a partition (Tracker.retry_lost) --------------------------------
+
+
+class Tail(Sequencer):
+    """The attributes Tracker.retry_lost uses, on top of the sequencer's."""
+
+    def __init__(self, resume: dict[int, int | None], fetched: dict[int, int]) -> None:
+        super().__init__(resume)
+        self._owned = {number: object() for number in resume}
+        self._quiet: dict[int, Any] = {}
+        self._lock = asyncio.Lock()
+        self.fetched = fetched
+        self.waiting: dict[int, int] = {}
+        self.fetched_to = lambda partition: self.fetched.get(partition)
+        self.waiting_in_stream = lambda partition: self.waiting.get(partition, 0)
+
+    def _expected(self, number: int) -> int | None:
+        from streams.tracker import Tracker
+
+        return Tracker._expected(self, number)  # type: ignore[arg-type]
+
+    def check(self, now: float) -> list[tuple[int, int]]:
+        from streams.tracker import Tracker
+
+        Tracker.retry_lost(self, now)  # type: ignore[arg-type]
+        return self.asked
+
+
+def test_a_partition_fetched_past_what_the_tracker_got_is_read_again_after_a_quiet_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from streams.tracker import LOST_AFTER_SECONDS
+
+    t = Tail({0: 10, 1: 4}, fetched={0: 2048, 1: 4})
+    assert t.run(event(0, 10), event(0, 11)) == [(0, 10), (0, 11)]
+    assert t.check(100.0) == []  # first seen: the quiet while starts
+    assert t.check(100.0 + LOST_AFTER_SECONDS - 1) == []
+    with caplog.at_level("WARNING", logger="streams.tracker"):
+        assert t.check(100.0 + LOST_AFTER_SECONDS) == [(0, 12)]
+    assert "tracked/0: fetched to offset 2048, but nothing from 12 reached the tracker" in (
+        caplog.text
+    )
+    assert t.metrics.total(t.metrics.tracker_reread) == 1
+    # not again at once: the read again gets as long to bring the events
+    assert t.check(100.0 + LOST_AFTER_SECONDS + 1) == [(0, 12)]
+    assert t.check(100.0 + 2 * LOST_AFTER_SECONDS) == [(0, 12), (0, 12)]
+    # once events come, the sequence moves and the partition is quiet no more
+    assert t.run(event(0, 12)) == [(0, 12)]
+    assert t.check(100.0 + 3 * LOST_AFTER_SECONDS) == [(0, 12), (0, 12)]
+    assert 0 in t._quiet and t._quiet[0][0] == 13
+
+
+def test_a_partition_never_delivered_since_its_assignment_is_read_again_from_its_resume() -> None:
+    t = Tail({0: 10}, fetched={0: 50})
+    t.check(0.0)
+    assert t.check(60.0) == [(0, 10)]
+
+
+@pytest.mark.parametrize(
+    "case", ["caught up", "fetch unknown", "events in the stream", "held back", "batch running"]
+)
+def test_a_partition_that_is_not_lost_is_left_alone(case: str) -> None:
+    t = Tail({0: 10}, fetched={0: 10 if case == "caught up" else 50})
+    if case == "fetch unknown":
+        t.fetched = {}
+    if case == "events in the stream":
+        t.waiting[0] = 3  # delivered, not yet taken: slow, not lost
+    if case == "held back":
+        assert t.run(event(0, 30)) == []  # retry_held asks for those
+        t.asked.clear()
+
+    async def check_while_locked() -> list[tuple[int, int]]:
+        async with t._lock:
+            t.check(0.0)
+            return t.check(60.0)
+
+    if case == "batch running":
+        assert asyncio.run(check_while_locked()) == []
+    else:
+        t.check(0.0)
+        assert t.check(60.0) == []
