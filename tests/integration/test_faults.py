@@ -19,6 +19,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,44 @@ def assert_all_stored(
     assert_accounting(worker, messages, reference, now)
 
 
+@dataclass(frozen=True)
+class TwoBatches:
+    """Two batches of seeded traffic for different organisations, and what each leads to:
+    the fault tests store the first, break something, then send the second."""
+
+    first: list[SimMessage]
+    second: list[SimMessage]
+    want_first: Statuses
+    want_all: Statuses
+    reference: Reference
+    now: datetime
+
+    @classmethod
+    def seeded(cls, seed: int, referrals: int = 250) -> TwoBatches:
+        now = datetime.now(UTC)
+        first = traffic(seed, FIRST_ORGS, now, referrals)
+        second = traffic(seed + 1, SECOND_ORGS, now, referrals)
+        want_first, _ = expected(first, now)
+        want_all, reference = expected(first + second, now)
+        return cls(first, second, want_first, want_all, reference, now)
+
+    def store_first(self, worker: Worker, deployment: Deployment) -> None:
+        """Send the first batch and wait until all of it is stored."""
+        produce(deployment.bootstrap, deployment.events_topic, keyed(self.first))
+        wait_for(
+            lambda: stored(worker) == self.want_first,
+            60,
+            what="the first batch stored",
+            explain=worker.diagnosis,
+        )
+
+    def send_second(self, deployment: Deployment) -> None:
+        produce(deployment.bootstrap, deployment.events_topic, keyed(self.second))
+
+    def assert_all_stored(self, worker: Worker) -> None:
+        assert_all_stored(worker, self.want_all, self.first + self.second, self.reference, self.now)
+
+
 def test_clickhouse_down_then_slow_then_back_loses_nothing(
     deployment: Deployment, tmp_path: Path
 ) -> None:
@@ -154,29 +193,20 @@ def test_clickhouse_down_then_slow_then_back_loses_nothing(
     deployment.extra_env.update(clickhouse_hook_env(control, tmp_path / "hook"))
     deployment.extra_env["REFTRACK_SINK_BATCH_ROWS"] = str(BATCH_ROWS)
     deployment.extra_env["REFTRACK_STALL_SECONDS"] = "10"
-    now = datetime.now(UTC)
-    first = traffic(31, FIRST_ORGS, now)
-    second = traffic(32, SECOND_ORGS, now)
-    want_first, _ = expected(first, now)
-    want_all, reference = expected(first + second, now)
+    batches = TwoBatches.seeded(31)
+    first, second = batches.first, batches.second
     assert any(not m.valid for m in second) and any(m.duplicate for m in second)
     new_orgs = ", ".join(f"'{org}'" for org in SECOND_ORGS)
 
     worker = Worker(deployment)
     try:
         worker.wait_ready()
-        produce(deployment.bootstrap, deployment.events_topic, keyed(first))
-        wait_for(
-            lambda: stored(worker) == want_first,
-            60,
-            what="the first batch stored",
-            explain=worker.diagnosis,
-        )
+        batches.store_first(worker, deployment)
         assert metric(worker, "reftrack_sink_failures_total") == 0
 
         # ClickHouse refuses every insert.
         (control / DOWN).touch()
-        produce(deployment.bootstrap, deployment.events_topic, keyed(second))
+        batches.send_second(deployment)
         wait_for(
             lambda: metric(worker, "reftrack_sink_failures_total") > 0,
             20,
@@ -212,7 +242,7 @@ def test_clickhouse_down_then_slow_then_back_loses_nothing(
         for table in ("referral_status", "events", "stage_durations"):
             rows = worker.query(f"SELECT count() AS n FROM {table} WHERE org_id IN ({new_orgs})")
             assert rows == [{"n": 0}], table
-        assert stored(worker) == want_first
+        assert stored(worker) == batches.want_first
         # The stuck sink's partitions, messages waiting, do not move: the stall watch
         # says so (gauge and log line, with the sink's last error), and blames no other
         # consumer: ingest and the tracker went on.
@@ -241,7 +271,7 @@ def test_clickhouse_down_then_slow_then_back_loses_nothing(
         time.sleep(2)
         (control / SLOW).unlink()
 
-        assert_all_stored(worker, want_all, first + second, reference, now)
+        batches.assert_all_stored(worker)
         wait_for(
             lambda: metric(worker, "reftrack_stalled_partitions") == 0,
             30,
@@ -260,20 +290,15 @@ def test_a_hung_tracker_is_reported_stalled_and_loses_nothing(
     control = tmp_path / "faults"
     deployment.extra_env.update(clickhouse_hook_env(control, tmp_path / "hook"))
     deployment.extra_env["REFTRACK_STALL_SECONDS"] = "10"
-    now = datetime.now(UTC)
-    first = traffic(51, FIRST_ORGS, now, referrals=60)
-    second = traffic(52, SECOND_ORGS, now, referrals=60)
-    want_first, _ = expected(first, now)
-    want_all, reference = expected(first + second, now)
+    batches = TwoBatches.seeded(51, referrals=60)
     stalled = 'reftrack_stalled_partitions{consumer="tracker"}'
 
     worker = Worker(deployment)
     try:
         worker.wait_ready()
-        produce(deployment.bootstrap, deployment.events_topic, keyed(first))
-        wait_for(lambda: stored(worker) == want_first, 60, what="the first batch stored")
+        batches.store_first(worker, deployment)
         (control / TRACKER_HANG).touch()
-        produce(deployment.bootstrap, deployment.events_topic, keyed(second))
+        batches.send_second(deployment)
         wait_for(lambda: metric(worker, stalled) >= 1, 40, what="the tracker's stall")
         # ingest went on: its partitions are not the stalled ones
         assert metric(worker, 'reftrack_stalled_partitions{consumer="ingest"}') == 0
@@ -286,12 +311,14 @@ def test_a_hung_tracker_is_reported_stalled_and_loses_nothing(
         line = lines[0]
         assert f"{deployment.prefix}.tracked.v1/" in line, line
         assert "tracker expects offset " in line and "faust committed " in line, line
+        assert "events of it in the stream's buffer" in line, line
+        assert "stream buffers [" in line and "generation " in line, line
         assert "client: fetch position " in line, line
         assert "not available" not in line, line
         assert "tracker.py:" in line and " track > " in line, line  # where it waits
 
         (control / TRACKER_HANG).unlink()
-        assert_all_stored(worker, want_all, first + second, reference, now)
+        batches.assert_all_stored(worker)
         wait_for(lambda: metric(worker, stalled) == 0, 30, what="the stall over")
         log = worker.log_path.read_text(errors="replace")
         assert "tracker: moving again: " in log
@@ -309,20 +336,15 @@ def test_messages_lost_at_the_end_of_a_partition_are_read_again(
     event shows the hole. The tracker reads the partitions again (Tracker.retry_lost)."""
     control = tmp_path / "faults"
     deployment.extra_env.update(clickhouse_hook_env(control, tmp_path / "hook"))
-    now = datetime.now(UTC)
-    first = traffic(61, FIRST_ORGS, now, referrals=60)
-    second = traffic(62, SECOND_ORGS, now, referrals=60)
-    want_first, _ = expected(first, now)
-    want_all, reference = expected(first + second, now)
+    batches = TwoBatches.seeded(61, referrals=60)
 
     worker = Worker(deployment)
     try:
         worker.wait_ready()
-        produce(deployment.bootstrap, deployment.events_topic, keyed(first))
-        wait_for(lambda: stored(worker) == want_first, 60, what="the first batch stored")
+        batches.store_first(worker, deployment)
         (control / TRACKER_DROP).touch()
-        produce(deployment.bootstrap, deployment.events_topic, keyed(second))
-        assert_all_stored(worker, want_all, first + second, reference, now)
+        batches.send_second(deployment)
+        batches.assert_all_stored(worker)
         dropped = int((control / DROPPED).read_text())
         assert dropped > 0
         log = worker.log_path.read_text(errors="replace")
@@ -344,23 +366,13 @@ def test_broker_unavailable_for_a_while_then_back(
     proxied_broker: ProxiedTansu, tmp_path: Path
 ) -> None:
     deployment = Deployment(bootstrap=proxied_broker.bootstrap, base_dir=tmp_path)
-    now = datetime.now(UTC)
-    first = traffic(41, FIRST_ORGS, now)
-    second = traffic(42, SECOND_ORGS, now)
-    want_first, _ = expected(first, now)
-    want_all, reference = expected(first + second, now)
+    batches = TwoBatches.seeded(41)
 
     worker = Worker(deployment)
     try:
         worker.wait_ready()
         pid = worker.process.pid
-        produce(deployment.bootstrap, deployment.events_topic, keyed(first))
-        wait_for(
-            lambda: stored(worker) == want_first,
-            60,
-            what="the first batch stored",
-            explain=worker.diagnosis,
-        )
+        batches.store_first(worker, deployment)
         logged_before = len(worker.log_path.read_bytes())
 
         # The broker is unreachable for twice the session timeout.
@@ -371,14 +383,14 @@ def test_broker_unavailable_for_a_while_then_back(
             time.sleep(0.5)
         proxied_broker.proxy.restore()
 
-        produce(deployment.bootstrap, deployment.events_topic, keyed(second))
+        batches.send_second(deployment)
         wait_for(
-            lambda: stored(worker) == want_all,
+            lambda: stored(worker) == batches.want_all,
             120,
             what="both batches stored",
             explain=worker.diagnosis,
         )
-        assert_accounting(worker, first + second, reference, now)
+        assert_accounting(worker, batches.first + batches.second, batches.reference, batches.now)
         worker.wait_ready(60)
         assert worker.process.poll() is None and worker.process.pid == pid
         # What it says meanwhile is aiokafka's (reconnecting every ~0.1 s per client):
