@@ -9,7 +9,9 @@ embedded broker, then starts a `reftrack worker` on that state, as after a crash
 move to a new machine, and measures:
 
 - restart to ready: process start until `/readyz` answers 200 (changelog recovered);
-- the deadline index rebuild (the worker's own log line), which happens on the first tick;
+- the deadline index rebuild (the worker's own log line), which happens on the first tick,
+  and the longest wait for `/healthz` meanwhile (polled every 0.5 s): how long the event
+  loop, which ingest, the sinks and the web server share with the rebuild, stood still;
 - resident memory (VmRSS) of the worker once ready and indexed, minus the same worker's
   RSS with an empty table, divided by N.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -100,7 +103,14 @@ def measure(deployment: Deployment, n: int, store: str, name: str = "") -> dict[
         worker.wait_ready(timeout=900)
         ready = time.perf_counter() - started
 
+        slowest = 0.0  # the longest /healthz answer meanwhile: how long the loop stood still
+
         def indexed() -> list[float] | None:  # a list: 0.0 s is a valid answer
+            nonlocal slowest
+            asked = time.perf_counter()
+            with contextlib.suppress(OSError):  # no answer within the client's 10 s
+                worker.get("/healthz")
+            slowest = max(slowest, time.perf_counter() - asked)
             found = re.search(
                 r"deadline index rebuilt .*?\(([0-9.]+) s\)", worker.log_path.read_text()
             )
@@ -111,7 +121,7 @@ def measure(deployment: Deployment, n: int, store: str, name: str = "") -> dict[
         rss = rss_bytes(worker.process.pid)
     finally:
         worker.stop(timeout=300)
-    return {"ready": ready, "rebuild": rebuild, "rss": rss}
+    return {"ready": ready, "rebuild": rebuild, "rss": rss, "slowest": slowest}
 
 
 def growth_lines(rows: list[Any]) -> list[str]:
@@ -166,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     per = (result["rss"] - baseline["rss"]) / n
                     say(
                         f"{store}, {n:,}, {how}: ready in {result['ready']:.1f} s, index "
-                        f"rebuilt in {result['rebuild']:.1f} s, RSS "
+                        f"rebuilt in {result['rebuild']:.1f} s (longest /healthz answer "
+                        f"meanwhile {result['slowest']:.2f} s), RSS "
                         f"{result['rss'] / 2**20:.0f} MiB, {per:,.0f} bytes per open referral"
                     )
                     rows.append((store, n, how, result, baseline, per))
@@ -188,13 +199,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "same RocksDB worker is stopped cleanly and restarted on its own disk, where it "
         "reads only what the changelog holds beyond its flushed offsets.",
         "",
-        "| store | open referrals | start | start to ready | index rebuild | RSS | RSS empty "
-        "| per open referral |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| store | open referrals | start | start to ready | index rebuild | longest /healthz "
+        "answer during it | RSS | RSS empty | per open referral |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
         *[
             f"| {store} | {n:,} | {how} | {r['ready']:.1f} s"
             f"{(' ✓' if r['ready'] <= 60 else ' ✗') if n >= 1_000_000 else ''} | "
-            f"{r['rebuild']:.1f} s | {r['rss'] / 2**20:,.0f} MiB | "
+            f"{r['rebuild']:.1f} s | {r['slowest']:.2f} s | {r['rss'] / 2**20:,.0f} MiB | "
             f"{b['rss'] / 2**20:,.0f} MiB | {per:,.0f} B"
             f"{(' ✓' if per <= 2048 else ' ✗') if store == 'memory' else ''} |"
             for store, n, how, r, b, per in rows
