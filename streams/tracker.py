@@ -169,6 +169,7 @@ class Tracker:
     _next_offset: dict[int, int | None] = field(default_factory=dict)
     _held: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # see _first_available
     _quiet: dict[int, tuple[int, float]] = field(default_factory=dict)  # see retry_lost
+    _rebalances: int = 0  # forget() calls: see _ensure_owned
     # ids of this batch's events read again at an offset this tracker already processed
     # (see _in_sequence): counted the first time, not again
     _again: set[int] = field(default_factory=set)
@@ -212,7 +213,8 @@ class Tracker:
                     await self.reject(event, exc)
                 continue
             by_partition.setdefault(event.message.partition, []).append((event, tracked_event))
-        self._ensure_owned(set(by_partition))
+        while not await self._ensure_owned(set(by_partition)):
+            await asyncio.sleep(REBUILD_RETRY_SECONDS)  # let the rebalance go on
         wall_now = 0 if self.clock.event_time else self.clock.now()
         batch: dict[str, Entry] = {}
         for number, items in by_partition.items():
@@ -437,7 +439,8 @@ class Tracker:
             # keepalive failed and the worker could not stop).
             async with self._lock:
                 if first:  # later chunks must not take back a partition revoked meanwhile
-                    self._ensure_owned(assigned)
+                    if not await self._ensure_owned(assigned):
+                        return  # a rebalance: the next tick starts again
                     first = False
                 batch: dict[str, Entry] = {}
                 more = False
@@ -564,15 +567,34 @@ class Tracker:
 
     # -- ownership ----------------------------------------------------------------------
 
-    def _ensure_owned(self, numbers: set[int]) -> None:
+    async def _ensure_owned(self, numbers: set[int]) -> bool:
         """Rebuild the deadline index, watermark and gauges of partitions seen for the
-        first time since a start or a rebalance: one pass over the table."""
+        first time since a start or a rebalance: one pass over the table, letting the
+        event loop go every REBUILD_CHUNK records (a million records take 8-12 s, and
+        ingest, the sinks and the web server stood still for all of it).
+
+        False when a rebalance came in between (forget() ran, or the store changed under
+        the iteration): nothing is kept, and the caller tries again."""
         missing = numbers - self._owned.keys()
         if not missing:
-            return
+            return True
         started = time.perf_counter()
+        rebalances = self._rebalances
         fresh = {n: OwnedPartition(n, self.new_index(n)) for n in missing}
-        for key, stored in self.table.items():
+        records = iter(self.table.items())
+        n = 0
+        while True:
+            n += 1
+            if n % REBUILD_CHUNK == 0:
+                await asyncio.sleep(0)
+                if self._rebalances != rebalances:
+                    return self._rebuild_abandoned(fresh, "a rebalance came in between")
+            try:
+                key, stored = next(records)
+            except StopIteration:
+                break
+            except RuntimeError as exc:  # the store's partitions changed (a rebalance)
+                return self._rebuild_abandoned(fresh, str(exc))
             if not isinstance(key, str) or stored is None:
                 continue
             value = decode_record(stored)
@@ -598,10 +620,10 @@ class Tracker:
                 owned.firing[(state.org_id, rule)] += 1
         for owned in fresh.values():
             owned.index.loaded()
-            for status, n in owned.open_by_status.items():
-                self.metrics.referrals_open.labels(status).inc(n)
-            for (org, rule), n in owned.firing.items():
-                self.metrics.alerts_firing.labels(org, rule).inc(n)
+            for status, count in owned.open_by_status.items():
+                self.metrics.referrals_open.labels(status).inc(count)
+            for (org, rule), count in owned.firing.items():
+                self.metrics.alerts_firing.labels(org, rule).inc(count)
         self._owned.update(fresh)
         log.info(
             "deadline index rebuilt for partitions %s: %d referrals due later (%.1f s)",
@@ -609,9 +631,17 @@ class Tracker:
             sum(len(o.index) for o in fresh.values()),
             time.perf_counter() - started,
         )
+        return True
+
+    def _rebuild_abandoned(self, fresh: dict[int, OwnedPartition], why: str) -> bool:
+        for owned in fresh.values():
+            owned.index.close()
+        log.info("deadline index rebuild for partitions %s abandoned: %s", sorted(fresh), why)
+        return False
 
     def forget(self, numbers: set[int]) -> None:
         """Drop what this worker kept for partitions it no longer owns."""
+        self._rebalances += 1  # a rebuild under way starts again (_ensure_owned)
         for number in numbers:
             self._next_offset.pop(number, None)
             self._held.pop(number, None)
@@ -649,6 +679,11 @@ class Tracker:
 
 # Due referrals judged per partition before a tick lets other work run (see `tick`).
 TICK_CHUNK = 1000
+# Table records read by a deadline-index rebuild before it lets other work run, and how
+# long a batch waits before it tries again after a rebalance stopped a rebuild
+# (Tracker._ensure_owned).
+REBUILD_CHUNK = 5000
+REBUILD_RETRY_SECONDS = 0.1
 # How long a partition is read again from a missing offset, answering only from later
 # ones, before the missing offsets are taken as deleted (Tracker._first_available).
 GONE_AFTER_SECONDS = 60.0
