@@ -48,10 +48,11 @@ The fixes, installed by `install_consumer_fixes()`:
   aiokafka is not thread-safe, and a seek from the worker's thread once crashed the
   fetcher.
 - A fetched message the fetch loop does not hand to the streams (`getmany` stops when a
-  rebalance begins or drops a paused partition's records; a delivery is abandoned when
-  the flow is suspended) is read again: the partition is sought back to the first such
-  offset after the fetch (`_read_undelivered`), and the drop is logged. Faust dropped
-  them without a word and relied on the seek that ends a rebalance to fetch them again.
+  rebalance begins, or drops the records of a partition paused or revoked meanwhile; a
+  delivery is abandoned when the flow is suspended) is read again: the partition is
+  sought back to the first such offset after the fetch (`_read_undelivered`), and the
+  drop is logged. Faust dropped them without a word and relied on the seek that ends a
+  rebalance to fetch them again.
 
 Table changelog partitions are left alone: recovery positions them itself and Faust
 never commits them.
@@ -314,7 +315,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
 async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
     """Faust's `Consumer.getmany`: one fetch's records, round-robin over partitions, as
     messages. Faust stops handing them out when a rebalance begins (the flow stops, the
-    generation changes) and skips those of a partition paused meanwhile; the records
+    generation changes) and skips those of a partition paused or revoked meanwhile; the records
     left over are gone from the client. Here each partition's first record not handed
     out is noted (`_not_delivered`), so the fetch loop reads it again."""
     records, active_partitions = await self._wait_next_records(timeout)
@@ -344,7 +345,7 @@ async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 yield tp, to_message(tp, record)
             else:
-                _not_delivered(self, tp, record.offset, "its partition was paused")
+                _not_delivered(self, tp, record.offset, "its partition was not active")
     finally:
         for tp, taken in records.items():
             n = handed.get(tp, 0)

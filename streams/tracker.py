@@ -170,8 +170,9 @@ class Tracker:
     _held: dict[int, tuple[int, int, float]] = field(default_factory=dict)  # see _first_available
     _quiet: dict[int, tuple[int, float]] = field(default_factory=dict)  # see retry_lost
     _rebalances: int = 0  # forget() calls: see _ensure_owned
-    # ids of this batch's events read again at an offset this tracker already processed
-    # (see _in_sequence): counted the first time, not again
+    # ids of this batch's events read again below their partition's sequence (processed
+    # before, here or by the owner that committed them; see _in_sequence): counted the
+    # first time, not again
     _again: set[int] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # events of the current batch, per label set (see _count_events)

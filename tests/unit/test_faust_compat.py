@@ -536,7 +536,7 @@ def test_records_left_when_the_flow_stops_are_noted() -> None:
 def test_records_of_a_paused_partition_are_noted_and_the_others_handed_out() -> None:
     c = Fetching({EVENTS: [5, 6], OTHER: [1, 2]}, active={OTHER})
     assert c.fetch() == [(OTHER, 1), (OTHER, 2)]
-    assert c._reftrack_undelivered == {EVENTS: (5, "its partition was paused", 0)}
+    assert c._reftrack_undelivered == {EVENTS: (5, "its partition was not active", 0)}
     # a partition whose stream buffer is full is still handed out (as in Faust)
     c = Fetching({EVENTS: [5, 6]}, active=set())
     c._buffered_partitions.add(EVENTS)
@@ -557,7 +557,7 @@ def test_undelivered_partitions_are_sought_back_to_their_first_undelivered_offse
     faust_compat._not_delivered(c, EVENTS, 9, "the flow stopped")
     faust_compat._not_delivered(c, EVENTS, 7, "a rebalance began")  # the first one counts
     faust_compat._not_delivered(c, EVENTS, 8, "the flow stopped")
-    faust_compat._not_delivered(c, CHANGELOG, 3, "its partition was paused")
+    faust_compat._not_delivered(c, CHANGELOG, 3, "its partition was not active")
     with caplog.at_level("INFO", logger="streams.faust_compat"):
         faust_compat._read_undelivered(c)
     assert c._thread.seeks == [(EVENTS, 7)]  # changelogs: recovery positions them itself
@@ -574,12 +574,12 @@ def test_a_note_made_before_the_seek_to_the_committed_offsets_is_void() -> None:
     # to 500 now would skip 450-499
     c = Fetching({})
     c._broker_committed = {EVENTS: 450}
-    faust_compat._not_delivered(c, EVENTS, 500, "its partition was paused")
+    faust_compat._not_delivered(c, EVENTS, 500, "its partition was not active")
     asyncio.run(perform_seek(c))
     faust_compat._read_undelivered(c)
     assert c._thread.seeks == [] and c._reftrack_undelivered == {}
     # a note made after it stands, and replaces the void one
-    faust_compat._not_delivered(c, EVENTS, 600, "its partition was paused")
+    faust_compat._not_delivered(c, EVENTS, 600, "its partition was not active")
     faust_compat._read_undelivered(c)
     assert c._thread.seeks == [(EVENTS, 600)]
 
