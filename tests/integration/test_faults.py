@@ -170,7 +170,9 @@ class TwoBatches:
         return cls(first, second, want_first, want_all, reference, now)
 
     def store_first(self, worker: Worker, deployment: Deployment) -> None:
-        """Send the first batch and wait until all of it is stored."""
+        """Once the worker is ready, send the first batch and wait until all of it is
+        stored."""
+        worker.wait_ready()
         produce(deployment.bootstrap, deployment.events_topic, keyed(self.first))
         wait_for(
             lambda: stored(worker) == self.want_first,
@@ -200,7 +202,6 @@ def test_clickhouse_down_then_slow_then_back_loses_nothing(
 
     worker = Worker(deployment)
     try:
-        worker.wait_ready()
         batches.store_first(worker, deployment)
         assert metric(worker, "reftrack_sink_failures_total") == 0
 
@@ -295,7 +296,6 @@ def test_a_hung_tracker_is_reported_stalled_and_loses_nothing(
 
     worker = Worker(deployment)
     try:
-        worker.wait_ready()
         batches.store_first(worker, deployment)
         (control / TRACKER_HANG).touch()
         batches.send_second(deployment)
@@ -340,7 +340,6 @@ def test_messages_lost_at_the_end_of_a_partition_are_read_again(
 
     worker = Worker(deployment)
     try:
-        worker.wait_ready()
         batches.store_first(worker, deployment)
         (control / TRACKER_DROP).touch()
         batches.send_second(deployment)
@@ -370,7 +369,6 @@ def test_broker_unavailable_for_a_while_then_back(
 
     worker = Worker(deployment)
     try:
-        worker.wait_ready()
         pid = worker.process.pid
         batches.store_first(worker, deployment)
         logged_before = len(worker.log_path.read_bytes())
