@@ -381,7 +381,10 @@ def _read_undelivered(self: Any) -> None:
             offset,
             reason,
         )
-        self._seek_in_thread(tp, offset)
+        try:
+            self._seek_in_thread(tp, offset)
+        except RuntimeError as exc:  # the consumer's thread has stopped (shutdown)
+            log.info("could not seek %s/%s back to %d: %s", tp.topic, tp.partition, offset, exc)
     pending.clear()
 
 

@@ -569,6 +569,18 @@ def test_undelivered_partitions_are_sought_back_to_their_first_undelivered_offse
     assert c._thread.seeks == [(EVENTS, 7)]
 
 
+def test_a_stopped_consumer_thread_does_not_break_the_fetch_loop_at_shutdown() -> None:
+    class ClosedLoop:
+        def call_soon_threadsafe(self, callback: Any, *args: Any) -> None:
+            raise RuntimeError("Event loop is closed")
+
+    c = Fetching({})
+    c._thread.thread_loop = ClosedLoop()
+    faust_compat._not_delivered(c, EVENTS, 7, "the fetch loop stopped")
+    faust_compat._read_undelivered(c)  # does not raise
+    assert c._reftrack_undelivered == {}
+
+
 def test_a_note_made_before_the_seek_to_the_committed_offsets_is_void() -> None:
     # noted at 500, then a rebalance ends with perform_seek to the committed 450: seeking
     # to 500 now would skip 450-499
