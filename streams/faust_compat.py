@@ -174,6 +174,13 @@ def resume_offset(consumer: Any, tp: TP) -> int | None:
     return None if start is None else int(start)
 
 
+def streams_running(app: Any) -> bool:
+    """Faust's streams run: the tables are recovered and no rebalance is under way (Faust
+    sets `recovery.completed` once, at the first recovery, and never clears it). Until
+    then the stream partitions are held back, and where they resume is not known yet."""
+    return bool(app.tables.recovery.completed.is_set()) and not app.rebalancing
+
+
 def fetched_to(consumer: Any, tp: TP) -> int | None:
     """The next offset of `tp` the aiokafka client under `consumer` will fetch (what it
     has handed to Faust is below it); None if unknown (not assigned, not started)."""

@@ -31,7 +31,7 @@ from faust.types import TP
 from mode import Service
 
 from sinks.topic_sink import describe_partition, lag_of
-from streams.faust_compat import stream_buffers
+from streams.faust_compat import stream_buffers, streams_running
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -255,8 +255,7 @@ def tracker_watch(app: Any, topic: str, sequence_state: Callable[[int], str]) ->
     client under it."""
 
     def positions() -> Positions:
-        # Faust sets `completed` once, at the first recovery; later ones are rebalances
-        if not app.started or app.rebalancing or not app.tables.recovery.completed.is_set():
+        if not (app.started and streams_running(app)):
             return {}
         return stream_positions(app, topic)
 

@@ -45,7 +45,13 @@ from schemas.snapshot import status_snapshot
 from streams.clock import Clock
 from streams.deadline_store import DiskDeadlineIndex
 from streams.dlq import send_dead_letter
-from streams.faust_compat import fetched_to, read_again, resume_offset, waiting_in_stream
+from streams.faust_compat import (
+    fetched_to,
+    read_again,
+    resume_offset,
+    streams_running,
+    waiting_in_stream,
+)
 from streams.metrics import Metrics
 from streams.murmur import partition_for
 from streams.publish import Outbox
@@ -707,18 +713,11 @@ def register_tracker(
         async for events in stream.take_events(batch, within=batch_seconds):
             await tracker.process(events)
 
-    tables: Any = app.tables
-
-    def recovered() -> bool:
-        """Tables recovered and no rebalance under way (Faust sets `completed` once, at
-        the first recovery): the offsets the consumer resumed from are known."""
-        return bool(tables.recovery.completed.is_set()) and not app.rebalancing
-
     @app.timer(interval=tick_seconds, name="reftrack.alert_tick")
     async def tick() -> None:
         try:
             tracker.retry_held()
-            if recovered():  # the offsets it resumed from are known from then on
+            if streams_running(app):  # where each partition resumed is known
                 tracker.retry_lost()
             await tracker.tick(app)
         except Exception:  # keep the timer alive; the next tick tries again
