@@ -64,7 +64,7 @@ import asyncio
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Coroutine, Generator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -270,7 +270,8 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
     - Each message is handed to the streams by `_deliver` instead of a `wait_first` of
       its own: Faust made four tasks and an `asyncio.wait` per message, about 100 µs,
       the largest single cost of a reftrack worker after its own work (two passes per
-      event; docs/performance.md).
+      event then; docs/performance.md). A delivery that must wait for room in a stream's
+      buffer races one shared watch of the flow (`_flow_watch`), not tasks of its own.
     - Every message the client returns is delivered (see `NoReadOffsets`), so the
       read-offset check and its gap bookkeeping are gone.
     - A message that was fetched but not delivered is read again (`_read_undelivered`).
@@ -317,6 +318,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
         raise
     finally:
         unset_flag(CONSUMER_FETCHING)
+        _stop_flow_watch(self)
 
 
 async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
@@ -397,45 +399,88 @@ def _read_undelivered(self: Any) -> None:
 
 async def _deliver(consumer: Any, delivery: Coroutine[Any, Any, Any]) -> bool:
     """Run `delivery` (Faust's callback for one message: put it on its streams' queues)
-    as Faust does, racing the flow being suspended, but without tasks when it need not
-    wait: it is run one step here, and only if it has to wait (a stream's buffer is
-    full) does the rest race the suspension in Faust's `wait_first`, as before.
-    False if the suspension (or the consumer stopping) won: the message was not
-    delivered."""
-    if not consumer.suspend_flow.is_set():
-        try:
+    as Faust does, racing the flow being suspended, but without tasks: it is run one
+    step here, and only if it has to wait (a stream's buffer is full) is the rest driven
+    by `_deliver_waiting`. False if the flow was suspended (or the consumer stopped)
+    first: the message was not delivered."""
+    if consumer.suspend_flow.is_set():
+        delivery.close()
+        return False
+    try:
+        awaiting = delivery.send(None)
+    except StopIteration:
+        return True  # delivered without waiting: the common case
+    return await _deliver_waiting(consumer, delivery, awaiting)
+
+
+async def _deliver_waiting(
+    consumer: Any, delivery: Coroutine[Any, Any, Any], awaiting: Any
+) -> bool:
+    """The rest of a delivery that stopped at `awaiting` (a full stream buffer): driven on
+    each time what it waits for is done, racing one watch of the flow (`_flow_watch`).
+
+    Faust raced each such delivery in mode's `wait_first`: four tasks and an
+    `asyncio.wait` per message. With the tracker the slowest step, the buffer is full
+    most of the time, and that was 3.7 % of a worker's time (py-spy, bench.pipeline
+    backlog). If the watch fires first the delivery is cancelled, as Faust's was (a
+    queue's `put` withdraws), and the message was not delivered."""
+    try:
+        while True:
+            if awaiting is None:  # a bare yield (asyncio.sleep(0))
+                await asyncio.sleep(0)
+            else:
+                if not awaiting.done():
+                    watch = _flow_watch(consumer)
+                    await asyncio.wait((awaiting, watch), return_when=asyncio.FIRST_COMPLETED)
+                if not awaiting.done():  # suspended or stopped first
+                    _cancel(delivery, awaiting)
+                    return False
             awaiting = delivery.send(None)
-        except StopIteration:
-            return True  # delivered without waiting: the common case
-        delivery = _continue(delivery, awaiting)
-    result = await consumer.wait_first(delivery, consumer.suspend_flow.wait())
-    return delivery in result.done
+    except StopIteration:
+        return True
+    except BaseException:  # the delivery failed, or the fetch loop was cancelled
+        delivery.close()
+        raise
 
 
-async def _continue(delivery: Coroutine[Any, Any, Any], awaiting: Any) -> Any:
-    """The rest of a coroutine that was run one step by hand and is `awaiting` a future."""
-    return await _Resumed(delivery, awaiting)
+def _cancel(delivery: Coroutine[Any, Any, Any], awaiting: Any) -> None:
+    """Cancel a delivery waiting on `awaiting`, as a task is cancelled: the future first,
+    then CancelledError thrown in, so its cleanup runs."""
+    awaiting.cancel()
+    try:
+        delivery.throw(asyncio.CancelledError())
+    except (asyncio.CancelledError, StopIteration):
+        return
+    delivery.close()  # it went on waiting: stop it for good
 
 
-class _Resumed:
-    """Awaitable that first hands the task the future a coroutine stopped at, then
-    drives the coroutine on (results, exceptions and cancellation pass through)."""
+def _flow_watch(consumer: Any) -> asyncio.Future[Any]:
+    """One task, shared by every waiting delivery, that ends when the consumer's flow is
+    suspended (a rebalance), or it stops or crashes: what Faust's `wait_first` raced
+    each delivery against. A new one once it has ended."""
+    watch: asyncio.Future[Any] | None = getattr(consumer, "_reftrack_flow_watch", None)
+    if watch is None or watch.done():
+        watch = consumer._reftrack_flow_watch = asyncio.ensure_future(_flow_stops(consumer))
+    return watch
 
-    def __init__(self, coroutine: Coroutine[Any, Any, Any], awaiting: Any) -> None:
-        self._coroutine = coroutine
-        self._awaiting = awaiting
 
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coroutine = self._coroutine
-        try:
-            yield self._awaiting
-        except BaseException as exc:  # thrown in by the task (cancelled): pass it on
-            try:
-                awaiting = coroutine.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            return (yield from _Resumed(coroutine, awaiting).__await__())
-        return (yield from coroutine.__await__())
+async def _flow_stops(consumer: Any) -> None:
+    waits = [
+        asyncio.ensure_future(event.wait())
+        for event in (consumer.suspend_flow, consumer._stopped, consumer._crashed)
+    ]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+def _stop_flow_watch(consumer: Any) -> None:
+    watch = getattr(consumer, "_reftrack_flow_watch", None)
+    if watch is not None:
+        watch.cancel()
+        consumer._reftrack_flow_watch = None
 
 
 _original_init = Consumer.__init__

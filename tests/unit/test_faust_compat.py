@@ -331,16 +331,25 @@ def test_faust_read_offsets_never_make_its_fetch_loop_drop_a_message() -> None:
 
 
 class Flow(Service):
-    """What _deliver uses of Faust's consumer: its flow switch and mode's wait_first."""
+    """What _deliver uses of Faust's consumer: its flow switch and its stopped and
+    crashed events (a mode Service's)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.suspend_flow = asyncio.Event()
-        self.tasks_made = 0
 
-    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
-        self.tasks_made += 1
-        return await super().wait_first(*coros, timeout=timeout)
+
+def count_tasks() -> list[int]:
+    """Make the running loop count the tasks created from now on (in the list's one item)."""
+    made = [0]
+    loop = asyncio.get_running_loop()
+
+    def factory(loop: Any, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        made[0] += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    return made
 
 
 def test_a_delivery_that_need_not_wait_runs_at_once_without_a_task() -> None:
@@ -349,22 +358,22 @@ def test_a_delivery_that_need_not_wait_runs_at_once_without_a_task() -> None:
     async def put(n: int) -> None:
         delivered.append(n)
 
-    async def main() -> Flow:
+    async def main() -> int:
         flow = Flow()
+        made = count_tasks()
         for n in range(3):
             assert await faust_compat._deliver(flow, put(n))
-        return flow
+        return made[0]
 
-    flow = asyncio.run(main())
+    assert asyncio.run(main()) == 0
     assert delivered == [0, 1, 2]
-    assert flow.tasks_made == 0
 
 
 def test_a_delivery_that_waits_finishes_once_its_buffer_has_room() -> None:
-    """A full stream buffer: the rest of the delivery runs in Faust's race, picks up the
-    value the queue gives it and completes."""
+    """A full stream buffer: the rest of the delivery waits for room, picks up the value
+    the queue gives it and completes."""
 
-    async def main() -> tuple[list[Any], Flow]:
+    async def main() -> list[Any]:
         flow = Flow()
         buffer: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
         buffer.put_nowait(0)
@@ -382,11 +391,79 @@ def test_a_delivery_that_waits_finishes_once_its_buffer_has_room() -> None:
         assert await faust_compat._deliver(flow, put(1))
         await taker
         got.append(("left", buffer.get_nowait()))
-        return got, flow
+        return got
 
-    got, flow = asyncio.run(main())
-    assert got == [("took", 0), ("put", 1), ("left", 1)]
-    assert flow.tasks_made == 1
+    assert asyncio.run(main()) == [("took", 0), ("put", 1), ("left", 1)]
+
+
+def test_waiting_deliveries_share_one_watch_of_the_flow() -> None:
+    """Faust raced every waiting delivery in wait_first (four tasks each); here the tasks
+    made do not grow with the number of deliveries that wait."""
+
+    async def main(deliveries: int) -> tuple[int, list[int]]:
+        flow = Flow()
+        buffer: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        buffer.put_nowait(-1)
+        taken: list[int] = []
+
+        async def agent() -> None:
+            while len(taken) <= deliveries:
+                taken.append(await buffer.get())
+                await asyncio.sleep(0)
+
+        made = count_tasks()
+        taker = asyncio.create_task(agent())
+        for n in range(deliveries):
+            assert await faust_compat._deliver(flow, buffer.put(n))
+        await taker
+        faust_compat._stop_flow_watch(flow)
+        return made[0], taken
+
+    made, taken = asyncio.run(main(50))
+    assert taken == list(range(-1, 50))  # every one delivered, in order
+    assert made <= 5  # the agent, the watch and its three waits: not 4 per delivery
+
+
+def test_a_waiting_delivery_is_abandoned_when_the_consumer_stops() -> None:
+    async def main() -> tuple[bool, int]:
+        flow = Flow()
+        buffer: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        buffer.put_nowait(0)
+
+        async def stop() -> None:
+            await asyncio.sleep(0.01)
+            flow._stopped.set()
+
+        stopper = asyncio.create_task(stop())
+        delivered = await faust_compat._deliver(flow, buffer.put(1))
+        await stopper
+        return delivered, buffer.qsize()
+
+    assert asyncio.run(main()) == (False, 1)
+
+
+def test_a_cancelled_fetch_loop_cancels_its_waiting_delivery() -> None:
+    async def main() -> list[str]:
+        flow = Flow()
+        buffer: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        buffer.put_nowait(0)
+        seen: list[str] = []
+
+        async def put() -> None:
+            try:
+                await buffer.put(1)
+            finally:
+                seen.append("put ended")
+
+        loop = asyncio.create_task(faust_compat._deliver(flow, put()))
+        await asyncio.sleep(0.01)
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+        seen.append(f"buffer holds {buffer.qsize()}, {len(buffer._putters)} waiting")  # type: ignore[attr-defined]
+        return seen
+
+    assert asyncio.run(main()) == ["put ended", "buffer holds 1, 0 waiting"]
 
 
 def test_a_waiting_delivery_is_abandoned_when_the_flow_is_suspended() -> None:
