@@ -57,7 +57,8 @@ class WindowCounter:
             results.append((partition, items, self._count_partition(partition, items)))
         for _, _, result in results:
             for cell in result.emitted:
-                await outbox.add(self.rates, cell.row_key.encode(), _row(cell))
+                # a cell's rows go to its tracked partition's number: one partition per key
+                await outbox.add(self.rates, cell.row_key.encode(), _row(cell), cell.partition)
         await outbox.flush()
         for partition, items, result in results:
             self._write(partition, items[-1][0], result)

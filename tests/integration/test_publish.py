@@ -90,6 +90,38 @@ def test_every_message_lands_on_its_keys_partition_in_order(broker: EmbeddedBrok
     assert len({r.partition for r in a}) > 1
 
 
+def test_a_message_given_a_number_lands_on_that_partition_modulo_the_topics(
+    broker: EmbeddedBroker,
+) -> None:
+    """Rate rows: the cell's tracked partition picks the partition, not murmur2 of the
+    key; each key's messages still land on one partition, in order."""
+
+    async def main() -> list[Any]:
+        await _create(broker.bootstrap, {"out.n": 3})
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        await producer.start()
+        try:
+            outbox = Outbox(_app(producer))
+            for i in range(80):
+                number = i % 8  # as from 8 tracked partitions
+                await outbox.add("out.n", f"{number}/cell".encode(), b"%d" % i, number)
+            await outbox.flush()
+        finally:
+            await producer.stop()
+        return await _read(broker.bootstrap, "out.n", 80)
+
+    records = asyncio.run(main())
+    assert sorted(int(r.value) for r in records) == list(range(80))
+    for r in records:
+        number = int(r.key.split(b"/")[0])
+        assert r.partition == number % 3, (r.key, r.partition)
+    by_key: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
+    for r in records:
+        by_key[r.key].append((r.offset, int(r.value)))
+    for key, seen in by_key.items():
+        assert [n for _, n in sorted(seen)] == sorted(n for _, n in seen), key
+
+
 def test_a_failed_send_raises_from_flush(tmp_path: Path) -> None:
     """The broker goes away after messages were added: the record batches expire
     unacknowledged and flush raises, so the agent stops before its events are
