@@ -3,27 +3,39 @@ the ClickHouse `referral_status` rows. Times are RFC 3339 UTC strings (µs)."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from functools import lru_cache
 from typing import Any
 
-from schemas.events import from_micros
 from schemas.flags import DEFAULT_TARGETS, SlaTargets, evaluate_flags
 from schemas.referral import MILESTONES, ReferralState
 
 SNAPSHOT_SCHEMA_VERSION = 1
 
 
+@lru_cache(maxsize=1 << 16)
 def iso(us: int | None) -> str | None:
+    """RFC 3339 UTC with microseconds (`2026-11-28T01:02:03.000004Z`) of a time in µs
+    since the epoch; None for None. Cached: a referral's snapshot repeats its milestone
+    times at every change. Formatted by hand from the day's date (cached too): the
+    datetime route (`isoformat`, then replacing `+00:00`) cost 2 µs a miss, this 0.9,
+    and formatting was about 5 % of a worker's time (py-spy, bench.pipeline backlog)."""
     if us is None:
         return None
-    return _iso(us)
+    day, rest = divmod(us, DAY_US)
+    seconds, micros = divmod(rest, 1_000_000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{_date(day)}T{hours:02d}:{minutes:02d}:{seconds:02d}.{micros:06d}Z"
 
 
-@lru_cache(maxsize=1 << 16)
-def _iso(us: int) -> str:
-    # cached: a referral's snapshot repeats its milestone times at every change, and the
-    # formatting was 2.5 % of the worker's time (py-spy, bench.pipeline backlog)
-    return from_micros(us).isoformat(timespec="microseconds").replace("+00:00", "Z")
+DAY_US = 86_400_000_000
+_EPOCH_DATE = date(1970, 1, 1)
+
+
+@lru_cache(maxsize=1 << 12)
+def _date(day: int) -> str:
+    return (_EPOCH_DATE + timedelta(days=day)).isoformat()
 
 
 def status_snapshot(
