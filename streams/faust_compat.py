@@ -197,9 +197,10 @@ def fetched_to(consumer: Any, tp: TP) -> int | None:
 
 
 def waiting_in_stream(app: Any, tp: TP) -> int:
-    """How many events of `tp` wait in the buffers of the streams reading its topic
-    (delivered by the consumer, not yet taken by an agent)."""
-    n = 0
+    """How many events of `tp` wait in the buffers of the streams reading its topic, or
+    in the tracker's lane (delivered by the consumer, not yet taken by an agent)."""
+    lane = getattr(app, "reftrack_lane", None)
+    n = lane.waiting(tp.partition) if lane is not None and lane.topic == tp.topic else 0
     for queue in _stream_queues(app, tp.topic):
         for event in list(queue._queue):
             message = getattr(event, "message", None)
@@ -210,8 +211,13 @@ def waiting_in_stream(app: Any, tp: TP) -> int:
 
 def stream_buffers(app: Any, topic: str) -> list[int]:
     """The size of each stream buffer of `topic` (one per channel Faust delivers to:
-    more than the agent's streams means some buffer has no reader)."""
-    return [queue.qsize() for queue in _stream_queues(app, topic)]
+    more than the agent's streams means some buffer has no reader), then the tracker's
+    lane's if it reads `topic`."""
+    sizes = [queue.qsize() for queue in _stream_queues(app, topic)]
+    lane = getattr(app, "reftrack_lane", None)
+    if lane is not None and lane.topic == topic:
+        sizes.append(len(lane))
+    return sizes
 
 
 def _stream_queues(app: Any, topic: str) -> list[Any]:
@@ -276,9 +282,14 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
       read-offset check and its gap bookkeeping are gone.
     - A message that was fetched but not delivered is read again (`_read_undelivered`).
 
+    - The tracked topic's messages go to the tracker's lane (`_to_lane`,
+      streams/lane.py), not through the conductor to a stream.
+
     The rest is Faust's: the same stop conditions, periodic yield and commit cadence.
     """
     callback = self.callback
+    lane = getattr(self.app, "reftrack_lane", None)  # the tracker's (streams/lane.py)
+    lane_topic = lane.topic if lane is not None else None
     getmany = self.getmany
     consumer_should_stop = self._stopped.is_set
     fetcher_should_stop = fetcher._stopped.is_set
@@ -299,7 +310,11 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
-                    if not await _deliver(self, callback(message)):
+                    if message.topic == lane_topic:
+                        delivered = await _to_lane(self, lane, message)
+                    else:
+                        delivered = await _deliver(self, callback(message))
+                    if not delivered:
                         _not_delivered(self, message.tp, message.offset, "the flow stopped")
                 _read_undelivered(self)
                 unset_flag(CONSUMER_FETCHING)
@@ -441,6 +456,24 @@ async def _deliver_waiting(
     except BaseException:  # the delivery failed, or the fetch loop was cancelled
         delivery.close()
         raise
+
+
+async def _to_lane(consumer: Any, lane: Any, message: Any) -> bool:
+    """Hand a tracked message to the tracker's lane, tracked by the consumer as the
+    conductor tracks a stream's message (so a rebalance waits for it to be acknowledged).
+    A full lane holds the fetch loop back, racing the flow watch as a delivery to a full
+    stream buffer does; False if the flow was suspended (or the consumer stopped)
+    first, or already was: the message was not delivered."""
+    if consumer.suspend_flow.is_set():
+        return False
+    if lane.full():
+        room = lane.room()
+        await asyncio.wait((room, _flow_watch(consumer)), return_when=asyncio.FIRST_COMPLETED)
+        if not room.done() or consumer.suspend_flow.is_set():
+            return False
+    consumer.track_message(message)
+    lane.put(message)
+    return True
 
 
 def _cancel(delivery: Coroutine[Any, Any, Any], awaiting: Any) -> None:

@@ -274,7 +274,7 @@ def tracker_watch(app: Any, topic: str, sequence_state: Callable[[int], str]) ->
             f"flow {'on' if c.flow_active else 'stopped'}, flow control "
             f"{'on' if app.flow_control.is_active() else 'off'}, "
             f"generation {app.consumer_generation_id}, rebalancing {app.rebalancing}, "
-            f"stream buffers {stream_buffers(app, topic)}"
+            f"stream buffers (then the lane) {stream_buffers(app, topic)}"
         )
         client = describe_partition(c._thread._consumer, where)
         return f"{sequence_state(number)}; {faust}; {app_state}; client: {client}"

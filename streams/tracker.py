@@ -1,15 +1,15 @@
 """Tracker: one record per referral, kept in a Faust table keyed `org_id/referral_id`, and
 the SLA alerts raised from it.
 
-Events arrive in batches (`take_events`) and are applied one by one in offset order per
-partition, each folded into its referral's state. Flags are judged against the clock
-(SPEC §5) to raise or resolve alerts: with the wall (or file) clock once per touched
-referral at the end of the batch, and for the referrals whose next deadline has passed,
-found in an in-memory deadline index (schemas.deadlines), so a tick costs in proportion
-to the referrals that are due; a timer does the same between batches. With the event-time
-clock, time moves event by event: before each event the referrals due by its time are
-judged, then its own referral is, so a replay gives the same alerts however it is
-batched.
+Events arrive in batches (from the lane: streams/lane.py) and are applied one by one in
+offset order per partition, each folded into its referral's state. Flags are judged
+against the clock (SPEC §5) to raise or resolve alerts: with the wall (or file) clock
+once per touched referral at the end of the batch, and for the referrals whose next
+deadline has passed, found in an in-memory deadline index (schemas.deadlines), so a tick
+costs in proportion to the referrals that are due; a timer does the same between
+batches. With the event-time clock, time moves event by event: before each event the
+referrals due by its time are judged, then its own referral is, so a replay gives the
+same alerts however it is batched.
 
 At the end of a batch every touched referral is written once (each write costs a
 changelog message) and gets one status snapshot on the compacted status topic. Alert
@@ -52,6 +52,7 @@ from streams.faust_compat import (
     streams_running,
     waiting_in_stream,
 )
+from streams.lane import Lane, feed
 from streams.metrics import Metrics
 from streams.murmur import partition_for
 from streams.publish import Outbox
@@ -166,7 +167,7 @@ class Tracker:
     resume_offset: Callable[[int], int | None] = lambda partition: None
     read_again: Callable[[int, int], None] = lambda partition, offset: None
     # How far the consumer has fetched a partition (its next offset; None: unknown), and
-    # how many of its events wait in the stream's buffer, not yet taken (see retry_lost).
+    # how many of its events wait in the lane (streams/lane.py), not yet taken (retry_lost).
     fetched_to: Callable[[int], int | None] = lambda partition: None
     waiting_in_stream: Callable[[int], int] = lambda partition: 0
     # A new, empty deadline index for a partition the tracker takes (see Index).
@@ -321,7 +322,7 @@ class Tracker:
         )
         return (
             f"tracker expects offset {self._expected(number)}, {waiting}, "
-            f"{self.waiting_in_stream(number)} events of it in the stream's buffer"
+            f"{self.waiting_in_stream(number)} events of it in the lane"
         )
 
     def _expected(self, number: int) -> int | None:
@@ -709,9 +710,15 @@ def register_tracker(
     batch_seconds: float,
     tick_seconds: float,
 ) -> Any:
+    lane = Lane(tracker.tracked_topic)
+    app.reftrack_lane = lane  # type: ignore[attr-defined]  # the fetch loop's (faust_compat)
+
     async def track(stream: Any) -> None:
-        async for events in stream.take_events(batch, within=batch_seconds):
-            await tracker.process(events)
+        """The agent's stream stays empty: its messages come through the lane
+        (streams/lane.py). Each batch is acknowledged once processed, its outputs and
+        table writes on the broker; a batch that raises is not (it is read again)."""
+        app.flow_control.manage_queue(lane)  # type: ignore[arg-type]  # cleared at rebalances
+        await feed(lane, app.consumer, tracker.process, batch, batch_seconds)  # type: ignore[arg-type]
 
     @app.timer(interval=tick_seconds, name="reftrack.alert_tick")
     async def tick() -> None:

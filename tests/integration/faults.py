@@ -20,8 +20,8 @@ the tracker hangs the way a publish that never returns would, and its partitions
 moving (what the stall watch must report).
 
 Lost messages. While `<dir>/tracker-drop` exists, each message of the tracked topic the
-consumer fetches is thrown away once, before any stream sees it (the first time per
-offset; a read again delivers it), the way Faust's consumer once lost fetched messages
+consumer fetches is thrown away once, before the tracker's lane gets it (the first time
+per offset; a read again delivers it), the way Faust's consumer once lost fetched messages
 around a rebalance; `<dir>/dropped` counts them. When those were the last messages of
 their partitions, nothing comes after them to show the hole (Tracker.retry_lost).
 
@@ -102,30 +102,22 @@ def install() -> None:
 
     Tracker._process = process  # type: ignore[method-assign]
 
-    from faust.transport.conductor import Conductor
+    from streams import faust_compat
 
-    real_compile: Callable[..., Any] = Conductor._compile_message_handler
+    real_to_lane: Callable[..., Any] = faust_compat._to_lane
     dropped: set[tuple[int, int]] = set()
 
-    def compile_message_handler(self: Any) -> Any:
-        handler = real_compile(self)
+    async def to_lane(consumer: Any, lane: Any, message: Any) -> bool:
+        """Between the fetch and the tracker: taken as delivered, but thrown away."""
+        where = (message.partition, message.offset)
+        if where not in dropped and (directory / TRACKER_DROP).exists():
+            dropped.add(where)
+            (directory / f"{DROPPED}.tmp").write_text(str(len(dropped)))
+            (directory / f"{DROPPED}.tmp").rename(directory / DROPPED)
+            return True
+        return await real_to_lane(consumer, lane, message)
 
-        async def on_message(message: Any) -> Any:
-            where = (message.partition, message.offset)
-            if (
-                message.topic.endswith(".tracked.v1")
-                and where not in dropped
-                and (directory / TRACKER_DROP).exists()
-            ):
-                dropped.add(where)
-                (directory / f"{DROPPED}.tmp").write_text(str(len(dropped)))
-                (directory / f"{DROPPED}.tmp").rename(directory / DROPPED)
-                return None
-            return await handler(message)
-
-        return on_message
-
-    Conductor._compile_message_handler = compile_message_handler  # type: ignore[method-assign]
+    faust_compat._to_lane = to_lane  # type: ignore[assignment]
 
 
 _SITECUSTOMIZE = """\

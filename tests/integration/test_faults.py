@@ -311,8 +311,8 @@ def test_a_hung_tracker_is_reported_stalled_and_loses_nothing(
         line = lines[0]
         assert f"{deployment.prefix}.tracked.v1/" in line, line
         assert "tracker expects offset " in line and "faust committed " in line, line
-        assert "events of it in the stream's buffer" in line, line
-        assert "stream buffers [" in line and "generation " in line, line
+        assert "events of it in the lane" in line, line
+        assert "stream buffers (then the lane) [" in line and "generation " in line, line
         assert "client: fetch position " in line, line
         assert "not available" not in line, line
         assert "tracker.py:" in line and " track > " in line, line  # where it waits
