@@ -53,6 +53,11 @@ The fixes, installed by `install_consumer_fixes()`:
   sought back to the first such offset after the fetch (`_read_undelivered`), and the
   drop is logged. Faust dropped them without a word and relied on the seek that ends a
   rebalance to fetch them again.
+- The tracked topic's messages go from the fetch loop to the tracker's lane
+  (streams/lane.py) instead of through Faust's conductor and a stream; a message the
+  lane does not take (the flow suspended, the consumer stopped) is noted like any other
+  undelivered one, and the lane's messages count as waiting in the stream
+  (`waiting_in_stream`, `stream_buffers`).
 
 Table changelog partitions are left alone: recovery positions them itself and Faust
 never commits them.
