@@ -27,7 +27,8 @@ pieces:
 
 A batch whose processing raises is not acknowledged (Faust's `take_events` acknowledged
 it on the way out): the agent crashes and Faust's supervisor starts it again, and the
-offset commit stops below the batch, so faust_compat seeks back and it is read again.
+offset commit stops below the batch; faust_compat seeks back to it once later messages
+are acknowledged, and a restart reads from the committed offset anyway.
 """
 
 from __future__ import annotations
