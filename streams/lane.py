@@ -63,7 +63,6 @@ class Lane:
         self._wanted = 1  # how many messages wake the taker
         self._arrived: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
-        self.cleared = 0  # times a rebalance emptied the lane
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -107,9 +106,7 @@ class Lane:
         room = self._room
         if room is not None and not room.done() and not self.full():
             room.set_result(None)
-        if not batch:  # cleared meanwhile: wait for the next
-            return await self.take(size, within)
-        return batch
+        return batch or await self.take(size, within)  # empty: cleared meanwhile
 
     async def _wait(self, wanted: int, timeout: float | None) -> None:
         self._wanted = wanted
@@ -125,8 +122,6 @@ class Lane:
     def clear(self) -> None:
         """Drop what waits: the rebalance's seek to the committed offsets reads it again
         (nothing of it was acknowledged, so nothing of it was committed)."""
-        if self._buffer:
-            self.cleared += 1
         self._buffer.clear()
         room = self._room
         if room is not None and not room.done():
