@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,23 @@ class Message:
 
 def messages(n: int, partition: int = 0, start: int = 0) -> list[Message]:
     return [Message(partition, start + i) for i in range(n)]
+
+
+def take_while(
+    lane: Lane, meanwhile: Callable[[], Awaitable[None]], size: int, within: float
+) -> tuple[list[int], float]:
+    """The offsets of one `take` from `lane` while `meanwhile` runs beside it, and how
+    long the take waited."""
+
+    async def main() -> tuple[list[int], float]:
+        task = asyncio.create_task(meanwhile())
+        started = time.monotonic()
+        batch = await lane.take(size, within)
+        waited = time.monotonic() - started
+        await task
+        return [m.offset for m in batch], waited
+
+    return asyncio.run(main())
 
 
 def test_a_full_batch_is_taken_at_once_in_order() -> None:
@@ -55,63 +73,44 @@ def test_a_short_batch_waits_at_most_within_then_goes() -> None:
 
 
 def test_a_batch_completed_while_waiting_goes_as_soon_as_it_is_full() -> None:
-    async def main() -> tuple[list[int], float]:
-        lane = Lane(TOPIC)
-        lane.put(Message(0, 0))
+    lane = Lane(TOPIC)
+    lane.put(Message(0, 0))
 
-        async def more() -> None:
-            await asyncio.sleep(0.05)
-            for m in messages(9, start=1):
-                lane.put(m)
+    async def more() -> None:
+        await asyncio.sleep(0.05)
+        for m in messages(9, start=1):
+            lane.put(m)
 
-        filler = asyncio.create_task(more())
-        started = time.monotonic()
-        batch = await lane.take(10, within=5)
-        await filler
-        return [m.offset for m in batch], time.monotonic() - started
-
-    offsets, waited = asyncio.run(main())
+    offsets, waited = take_while(lane, more, 10, within=5)
     assert offsets == list(range(10))
     assert waited < 1
 
 
 def test_an_empty_lane_waits_for_its_first_message() -> None:
-    async def main() -> list[int]:
-        lane = Lane(TOPIC)
+    lane = Lane(TOPIC)
 
-        async def later() -> None:
-            await asyncio.sleep(0.05)
-            lane.put(Message(3, 7))
+    async def later() -> None:
+        await asyncio.sleep(0.05)
+        lane.put(Message(3, 7))
 
-        putter = asyncio.create_task(later())
-        batch = await lane.take(10, within=0.01)
-        await putter
-        return [m.offset for m in batch]
-
-    assert asyncio.run(main()) == [7]
+    assert take_while(lane, later, 10, within=0.01)[0] == [7]
 
 
 def test_a_cleared_lane_drops_what_waits_and_the_taker_waits_for_new_messages() -> None:
     """A rebalance clears the lane (mode's flow control calls clear); a taker waiting for
     a full batch then gets only what comes after."""
 
-    async def main() -> list[int]:
-        lane = Lane(TOPIC)
-        for m in messages(3):
-            lane.put(m)
+    lane = Lane(TOPIC)
+    for m in messages(3):
+        lane.put(m)
 
-        async def rebalance() -> None:
-            await asyncio.sleep(0.02)
-            lane.clear()
-            await asyncio.sleep(0.1)
-            lane.put(Message(0, 0))  # read again from the committed offset
+    async def rebalance() -> None:
+        await asyncio.sleep(0.02)
+        lane.clear()
+        await asyncio.sleep(0.1)
+        lane.put(Message(0, 0))  # read again from the committed offset
 
-        task = asyncio.create_task(rebalance())
-        batch = await lane.take(10, within=0.05)
-        await task
-        return [m.offset for m in batch]
-
-    assert asyncio.run(main()) == [0]
+    assert take_while(lane, rebalance, 10, within=0.05)[0] == [0]
 
 
 def test_waiting_counts_a_partitions_messages() -> None:
