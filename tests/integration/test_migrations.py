@@ -7,16 +7,29 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
 from schemas.events import TrackedEvent, to_micros
+from schemas.snapshot import iso
 from sinks.access import ALL_ORGS_ONLY, ORG_TABLES, ORG_VIEWS, access_statements
 from sinks.clickhouse import ClickHouse
 from sinks.cluster import ClusterLayout
 from sinks.kpi_refresh import KPI_VIEWS, refresh_now, refresh_status, set_refresh_interval
 from sinks.migrate import applied_versions, available, migrate, pending
 from sinks.retention import set_retention
-from sinks.rows import EVENT_COLUMNS, REFERRAL_STATE_COLUMNS, event_rows
+from sinks.rows import (
+    ALERT_COLUMNS,
+    EVENT_COLUMNS,
+    RATE_COLUMNS,
+    REFERRAL_STATE_COLUMNS,
+    STAGE_COLUMNS,
+    alert_rows,
+    event_rows,
+    rate_rows,
+    referral_state_rows,
+    stage_rows,
+)
 from streams.config import ConfigError
 from streams.worker import prepare_schema
 
@@ -292,3 +305,86 @@ def test_access_sql_parses_and_each_policy_keeps_its_org(clickhouse: ClickHouse)
 
 def _sql_literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def test_each_sink_table_stores_the_instants_its_messages_hold(clickhouse: ClickHouse) -> None:
+    """The row mappings hand ClickHouse integer ticks (sinks/rows.py): microseconds for the
+    DateTime64(6) columns, seconds for `event_rates.window_start`. Read back, each is the
+    instant the message named, to the microsecond; a missing time stays NULL."""
+    ch = ClickHouse(clickhouse.dsn, "reftrack_ticks_test")  # same engine
+    ch._client = clickhouse._connect()
+    migrate(ch)
+    created = datetime(2026, 3, 4, 15, 20, 0, 123456, tzinfo=UTC)
+    seen = datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC)  # before the epoch
+    snapshot = orjson.dumps(
+        {
+            "org_id": "acme",
+            "referral_id": "R-1",
+            "version": 4,
+            "status": "seen",
+            "outreach_attempts": 0,
+            "no_shows": 0,
+            "completions": 0,
+            "leaked": False,
+            "created_at": iso(to_micros(created)),
+            "seen_at": iso(to_micros(seen)),
+            "updated_at": "2026-03-05T10:00:00+00:00",  # another offset spelling
+            "evaluated_at": "2026-03-05T10:00:00",  # no offset: UTC
+            "flags": [],
+            "stages": [
+                {
+                    "stage": "routing",
+                    "entered_at": iso(to_micros(created)),
+                    "left_at": iso(to_micros(created) + 90_000_001),
+                }
+            ],
+        }
+    )
+    ch.insert("referral_state", referral_state_rows(snapshot, 0), REFERRAL_STATE_COLUMNS)
+    ch.insert("stage_durations", stage_rows(snapshot, 0), STAGE_COLUMNS)
+    event = TrackedEvent("e-1", "acme", "R-1", "referral.created", to_micros(created), "ehr")
+    ch.insert("events", event_rows(event.to_json(), 5), EVENT_COLUMNS)
+    alert = {
+        "alert_id": "a-1",
+        "org_id": "acme",
+        "referral_id": "R-1",
+        "rule": "not_scheduled",
+        "severity": "warning",
+        "state": "firing",
+        "raised_at": iso(to_micros(created)),
+        "resolved_at": None,
+        "details": {},
+    }
+    ch.insert("alerts", alert_rows(orjson.dumps(alert), 0), ALERT_COLUMNS)
+    cell = {
+        "org_id": "acme",
+        "type": "referral.created",
+        "window_start": iso(to_micros(created.replace(second=0, microsecond=0))),
+        "partition": 0,
+        "segment": 9,
+        "events": 1,
+        "version": 9,
+    }
+    ch.insert("event_rates", rate_rows(orjson.dumps(cell), 0), RATE_COLUMNS)
+
+    _, state = ch.query(
+        "SELECT created_at, seen_at, scheduled_at, updated_at, evaluated_at FROM referral_state"
+    )
+    ten = datetime(2026, 3, 5, 10, tzinfo=UTC)
+    assert [tuple(_utc(t) for t in row) for row in state] == [(created, seen, None, ten, ten)]
+    _, stages = ch.query("SELECT entered_at, left_at, duration_us FROM stage_durations")
+    left = created + timedelta(seconds=90, microseconds=1)
+    assert [(_utc(a), _utc(b), d) for a, b, d in stages] == [(created, left, 90_000_001)]
+    _, events = ch.query("SELECT occurred_at FROM events")
+    _, alerts = ch.query("SELECT raised_at, resolved_at FROM alerts")
+    _, rates = ch.query("SELECT window_start FROM event_rates")
+    assert [_utc(t) for (t,) in events] == [created]
+    assert [(_utc(a), b) for a, b in alerts] == [(created, None)]
+    assert [_utc(t) for (t,) in rates] == [datetime(2026, 3, 4, 15, 20, tzinfo=UTC)]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A time read back, as an aware UTC datetime (chDB may hand naive UTC ones)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from schemas.events import to_micros
 from sinks.rows import REFERRAL_STATE_COLUMNS, referral_state_rows, stage_rows
 
 
@@ -44,6 +45,7 @@ def test_each_row_comes_from_the_snapshot_it_was_given_even_when_they_alternate(
 
 def test_a_stage_row_holds_its_times_and_duration() -> None:
     row = stage_rows(snapshot("R-a", "routing"), 0)[0]
-    assert row[6] == datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
-    assert row[7] == datetime(2026, 11, 1, 9, 30, 0, 1, tzinfo=UTC)
+    # integer ticks, as ClickHouse stores DateTime64(6): UTC microseconds
+    assert row[6] == to_micros(datetime(2026, 11, 1, 8, 0, tzinfo=UTC))
+    assert row[7] == to_micros(datetime(2026, 11, 1, 9, 30, 0, 1, tzinfo=UTC))
     assert row[8] == 90 * 60 * 1_000_000 + 1
