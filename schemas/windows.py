@@ -138,8 +138,9 @@ class Counted:
 
 @dataclass
 class BatchResult:
-    """What one batch changes: write `cells`, then `progress`, then delete `closed`;
-    publish `emitted` (every segment the batch touched, in its final state)."""
+    """What one batch changes: write `cells`, then `progress`, then delete `closed` (the
+    closed cells that are in the store); publish `emitted` (every segment the batch
+    touched, in its final state)."""
 
     cells: dict[str, WindowCell]
     progress: PartitionProgress
@@ -177,19 +178,31 @@ class PartitionWindows:
         stored: Callable[[str], dict[str, Any] | None],
         progress: PartitionProgress,
     ) -> BatchResult:
-        """Count a batch of accepted events (ascending offsets) against the stored cells."""
+        """Count a batch of accepted events (ascending offsets) against the stored cells.
+
+        The index (`open`) holds every cell of the partition's store, so a key it lacks is
+        not read from the store: most events open a cell of their own, and that read was
+        wasted. The caller rebuilds the index from the table whenever a batch fails
+        between counting and writing (streams/windows.py)."""
         live: dict[str, WindowCell] = {}
         gone: set[str] = set()  # closed during this batch
+        in_store: set[str] = set()  # keys read from the store: only these need deleting
         emitted: dict[str, WindowCell] = {}
         reopened = 0
+
+        def read(key: str) -> WindowCell | None:
+            value = stored(key)
+            if value is None:
+                return None
+            in_store.add(key)
+            return WindowCell.from_dict(value)
 
         def load(key: str) -> WindowCell | None:
             if key in live:
                 return live[key]
-            if key in gone:
+            if key in gone or key not in self.open:
                 return None
-            value = stored(key)
-            return WindowCell.from_dict(value) if value is not None else None
+            return read(key)
 
         for item in items:
             start = window_start(item.occurred_at)
@@ -207,16 +220,15 @@ class PartitionWindows:
                 self.track(key, cell.closes_by(self.grace_us))
             progress.see(item.occurred_at)
             assert progress.watermark is not None
-            for due in self._due(progress.watermark):
-                closing = load(due)
+            for due in self._due(progress.watermark):  # out of the index: read directly
+                closing = live.pop(due, None) or read(due)
                 if closing is not None:
                     progress.close(closing)
-                live.pop(due, None)
                 gone.add(due)
         return BatchResult(
             cells=live,
             progress=progress,
-            closed=sorted(gone),
+            closed=sorted(gone & in_store),
             emitted=list(emitted.values()),
             reopened=reopened,
         )
