@@ -20,7 +20,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.flags import SlaTargets, evaluate_flags, flag_onsets
+from schemas.flags import Judgement, SlaTargets, judge
 from schemas.referral import ReferralState
 from schemas.snapshot import iso
 
@@ -59,14 +59,19 @@ class Reconciled:
 
 
 def reconcile(
-    state: ReferralState, firing: dict[str, int], now: int, targets: SlaTargets
+    state: ReferralState,
+    firing: dict[str, int],
+    now: int,
+    targets: SlaTargets,
+    judged: Judgement | None = None,
 ) -> Reconciled:
-    """Compare the flags that hold at `now` with the alerts firing; raise and resolve."""
-    holding = evaluate_flags(state, now, targets)
+    """Compare the flags that hold at `now` with the alerts firing; raise and resolve.
+    `judged`: the referral's judgement at `now` under `targets`, when the caller has it."""
+    if judged is None:
+        judged = judge(state, now, targets)
+    onsets = judged.onsets
     out = Reconciled()
-    if holding:
-        onsets = flag_onsets(state, targets)
-    for rule in holding:
+    for rule in judged.flags:
         if rule in firing:
             out.firing[rule] = firing[rule]
             continue

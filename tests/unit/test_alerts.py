@@ -12,7 +12,17 @@ from hypothesis import strategies as st
 
 from schemas.alerts import alert_id, reconcile, severity
 from schemas.events import TrackedEvent
-from schemas.flags import DAY, DEFAULT_TARGETS, FLAG_RULES, HOUR, evaluate_flags, next_deadline
+from schemas.flags import (
+    DAY,
+    DEFAULT_TARGETS,
+    FLAG_RULES,
+    HOUR,
+    TIMED_RULES,
+    evaluate_flags,
+    flag_onsets,
+    judge,
+    next_deadline,
+)
 from schemas.referral import ReferralState, fold
 from tests.unit.factories import default_data
 
@@ -149,3 +159,39 @@ def test_flags_change_by_time_only_just_after_the_next_deadline(
     assert evaluate_flags(state, deadline) == flags_now
     after = evaluate_flags(state, deadline + 1)
     assert set(flags_now) < set(after)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    steps=timeline,
+    priority=st.sampled_from(["stat", "urgent", "routine"]),
+    now_h=st.integers(0, 60 * 24),
+    firing=st.dictionaries(st.sampled_from(FLAG_RULES), st.integers(0, 10**6), max_size=3),
+)
+def test_one_judgement_answers_as_each_question_asked_alone(
+    steps: list[tuple[str, int]], priority: str, now_h: int, firing: dict[str, int]
+) -> None:
+    """`judge` (what the tracker calls once per referral) agrees with the rules spelled
+    out one by one: the flags holding, the earliest deadline not yet passed, and the
+    alerts reconciled with or without it."""
+    state = state_of(steps, priority)
+    now = T0 + now_h * HOUR
+    onsets = flag_onsets(state, DEFAULT_TARGETS)
+    holding = [
+        rule
+        for rule in FLAG_RULES
+        if rule in onsets
+        and (
+            rule == "out_of_network"
+            or (rule == "patient_unresponsive" and state.outreach_attempts >= 3)
+            or now > onsets[rule]
+        )
+    ]
+    pending = [at for rule, at in onsets.items() if rule in TIMED_RULES and rule not in holding]
+    judged = judge(state, now)
+    assert judged.flags == holding == evaluate_flags(state, now)
+    assert judged.onsets == onsets
+    assert judged.deadline == (min(pending) if pending else None) == next_deadline(state, now)
+    alone = reconcile(state, firing, now, DEFAULT_TARGETS)
+    assert reconcile(state, firing, now, DEFAULT_TARGETS, judged) == alone
+    assert set(alone.firing) == set(holding)
