@@ -10,12 +10,13 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from schemas import jsoncodec
-from schemas.events import TrackedEvent, to_micros
+from schemas.events import to_micros
 
 REFERRAL_STATE_COLUMNS: tuple[str, ...] = (
     "org_id",
@@ -50,8 +51,11 @@ _TIME_COLUMNS = {c for c in REFERRAL_STATE_COLUMNS if c.endswith("_at")}
 def _ticks(value: str | None) -> int | None:
     """An ISO 8601 time (as schemas.snapshot.iso writes it) in UTC microseconds; a time
     without an offset is taken as UTC."""
-    if value is None:
-        return None
+    return None if value is None else _parsed_ticks(value)
+
+
+@lru_cache(maxsize=16384)  # a referral's times recur in each of its snapshots (~2 MB)
+def _parsed_ticks(value: str) -> int:
     time = datetime.fromisoformat(value)
     return to_micros(time if time.tzinfo is not None else time.replace(tzinfo=UTC))
 
@@ -151,17 +155,17 @@ def event_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:
     """A tracked (validated, pseudonymized) event as an `events` row. Its version falls as
     the offset rises, so of several copies of one event the table keeps the first one read
     (the copy the referral state accepted), whatever order the rows were inserted in."""
-    event = TrackedEvent.from_json(raw)
+    event = jsoncodec.loads(raw)  # as TrackedEvent.to_json wrote it
     return [
         [
-            event.org_id,
-            event.referral_id,
-            event.event_id,
-            event.type,
-            event.source,
-            event.occurred_at,
-            event.patient_ref,
-            column_json(event.data),
+            event["org_id"],
+            event["referral_id"],
+            event["event_id"],
+            event["type"],
+            event["source"],
+            event["occurred_at"],
+            event.get("patient_ref"),
+            column_json(event.get("data") or {}),
             LAST_OFFSET - offset,
         ]
     ]
