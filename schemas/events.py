@@ -364,12 +364,16 @@ def from_micros(value: int) -> datetime:
     return EPOCH + timedelta(microseconds=value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TrackedEvent:
     """A validated, pseudonymized event as the pipeline carries it after ingest.
 
     Times are UTC microseconds; `data` holds the type's fields with defaults applied
     (timestamps in `data` are microseconds too). `patient_ref` is the keyed hash.
+
+    Treat it as immutable. It is not declared frozen because a frozen dataclass sets
+    each field through `object.__setattr__`: 1.3 µs per event instead of 0.45, and every
+    event is built twice (ingest, tracker), 1.5 % of a busy worker's time.
     """
 
     event_id: str
