@@ -67,6 +67,11 @@ OPEN_STATUSES = frozenset(
 TERMINAL_STATUSES = frozenset({Status.CLOSED, Status.CANCELLED, Status.DECLINED, Status.LEAKED})
 
 
+# The milestones that set an open referral's status, the furthest first (`Status(name)`
+# is an enum lookup by value: most of the cost of `status`, asked several times per event).
+_PROGRESS = tuple((name, Status(name)) for name in ("seen", "scheduled", "contacted", "routed"))
+
+
 def _earlier(current: list[Any] | None, key: SortKey, *payload: Any) -> list[Any]:
     """Keep the first by (occurred_at, event_id); lists so the state is JSON-ready."""
     if current is None or (key[0], key[1]) < (current[0], current[1]):
@@ -226,9 +231,9 @@ class ReferralState:
             and self.routing_decision[2] == EventType.REFERRAL_DECLINED
         ):
             return Status.DECLINED
-        for name in ("seen", "scheduled", "contacted", "routed"):
+        for name, status in _PROGRESS:
             if name in m:
-                return Status(name)
+                return status
         return Status.CREATED
 
     @property
