@@ -50,6 +50,7 @@ from tests.integration.harness import Deployment, Worker, wait_for
 START_MARK = "<!-- pipeline:start -->"
 END_MARK = "<!-- pipeline:end -->"
 TARGET = 12_000
+TARGET_SHARE = 0.70  # of the framework ceiling (issue 7: 12,000 is 70 % of its 16-19k/s)
 
 
 async def client_ceiling(bootstrap: str, topic: str, expected: int) -> float:
@@ -385,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     one = next((rate for workers, rate, _ in scaled if workers == 1), rates["pipeline"])
     met = rates["pipeline"] >= TARGET
+    share = rates["pipeline"] / rates["faust"]
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = "\n".join(
         [
@@ -395,8 +397,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "between the markers are overwritten. -->",
             "",
             f"Target (issue 7): the full pipeline at ≥ {TARGET:,} events/s per worker "
-            "process. "
-            + ("**Met.**" if met else f"**Missed**: {rates['pipeline']:,.0f} events/s."),
+            f"process, that is ≥ {TARGET_SHARE:.0%} of the framework ceiling. "
+            + ("**Met**" if met else f"**Missed** in events/s ({rates['pipeline']:,.0f} events/s)")
+            + "; as a share of the framework ceiling measured in the same run: "
+            + ("**met**" if share >= TARGET_SHARE else "**missed**")
+            + f" ({share:.0%} of {rates['faust']:,.0f}).",
             "",
             f"Measured {date}: {sent:,} simulated messages ({args.referrals:,} referrals, "
             f"the simulator's mix of duplicates, late and invalid messages), "
