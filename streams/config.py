@@ -92,8 +92,12 @@ class Settings(BaseSettings):
         30.0, gt=0, description="how long start-up waits for the brokers (s)"
     )
     session_timeout: float = Field(10.0, gt=0, description="Kafka consumer session timeout (s)")
+    # 4,000: a batch is only that large when the tracker is behind (at 2,000 events/s a
+    # 0.1 s batch holds 200), and then its fixed costs (broker round trips, flushes) and a
+    # referral's several events (one write, one snapshot) spread over more: a backlog ran
+    # 10,250-10,420 messages/s at 1,000 and 12,000-12,700 at 4,000 (docs/performance.md)
     tracker_batch: int = Field(
-        1000, ge=1, description="events the tracker takes per batch (ingest: per fetch)"
+        4000, ge=1, description="events the tracker takes per batch (ingest: per fetch)"
     )
     tracker_batch_seconds: float = Field(0.1, gt=0)
     stall_seconds: float = Field(

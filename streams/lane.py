@@ -56,6 +56,12 @@ class Delivered:
 class Lane:
     """Tracked messages between the fetch loop (`put`) and the tracker (`take`)."""
 
+    @classmethod
+    def for_batches(cls, topic: str, batch: int) -> Lane:
+        """A lane with room for the batch being taken and the next one: one no larger
+        than a batch would leave every batch short and waiting its whole `within`."""
+        return cls(topic, max(LANE_SIZE, 2 * batch))
+
     def __init__(self, topic: str, maxsize: int = LANE_SIZE) -> None:
         self.topic = topic
         self.maxsize = maxsize

@@ -153,7 +153,7 @@ class Metrics:
         self.tracker_batch_events = Histogram(
             "reftrack_tracker_batch_events",
             "Tracked events per tracker batch",
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 4000, 8000),
             registry=r,
         )
         self.tracker_batch_seconds = Histogram(

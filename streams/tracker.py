@@ -752,7 +752,7 @@ def register_tracker(
     batch_seconds: float,
     tick_seconds: float,
 ) -> Any:
-    lane = Lane(tracker.tracked_topic)
+    lane = Lane.for_batches(tracker.tracked_topic, batch)
     app.reftrack_lane = lane  # type: ignore[attr-defined]  # the fetch loop's (faust_compat)
 
     async def track(stream: Any) -> None:

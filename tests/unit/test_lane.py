@@ -13,7 +13,7 @@ import pytest
 from mode import Service
 
 from streams import faust_compat
-from streams.lane import Delivered, Lane, feed
+from streams.lane import LANE_SIZE, Delivered, Lane, feed
 
 TOPIC = "t.tracked.v1"
 
@@ -56,6 +56,26 @@ def test_a_full_batch_is_taken_at_once_in_order() -> None:
     started = time.monotonic()
     assert asyncio.run(main()) == [list(range(10)), list(range(10, 20))]
     assert time.monotonic() - started < 1  # no waiting for `within`
+
+
+def test_a_lane_for_large_batches_holds_two_of_them() -> None:
+    """A lane no larger than a batch could never hold a full one while the fetch loop
+    waits for room: every batch would wait its whole `within`."""
+    assert Lane.for_batches(TOPIC, 100).maxsize == LANE_SIZE
+
+    async def main() -> tuple[bool, bool, int, bool]:
+        lane = Lane.for_batches(TOPIC, 5000)
+        for m in messages(9_999):  # one short of two batches
+            lane.put(m)
+        room_before = not lane.full()
+        lane.put(Message(0, 9_999))
+        full = lane.full()
+        taken = await lane.take(5000, within=5)
+        return room_before, full, len(taken), not lane.full()
+
+    started = time.monotonic()
+    assert asyncio.run(main()) == (True, True, 5000, True)
+    assert time.monotonic() - started < 1
 
 
 def test_a_short_batch_waits_at_most_within_then_goes() -> None:
