@@ -217,9 +217,7 @@ RATE_COLUMNS: tuple[str, ...] = (
 
 
 def _seconds(value: str) -> int:
-    ticks = _ticks(value)
-    assert ticks is not None
-    return ticks // 1_000_000
+    return _parsed_ticks(value) // 1_000_000
 
 
 def rate_rows(raw: bytes, offset: int) -> list[Sequence[Any]]:

@@ -568,9 +568,10 @@ class Tracker:
             owned = self._owned[entry.partition]
             targets = self.policy.targets_for(entry.state.org_id, entry.state.specialty)
             if entry.judged:  # every entry is, unless applying its event failed
-                deadline = entry.deadline  # and _judge put it in the index
-            else:
-                deadline = next_deadline(entry.state, entry.now, targets)
+                deadline, flags = entry.deadline, entry.flags  # _judge indexed the deadline
+            else:  # one judgement for the index and the snapshot, raising nothing
+                judged = judge(entry.state, entry.now, targets)
+                deadline, flags = judged.deadline, judged.flags
                 owned.index.set(entry.key, deadline)
             if entry.changed or deadline != entry.stored_deadline:
                 with acting_for(_PartitionEvent(self.tracked_topic, entry.partition)):  # type: ignore[arg-type]
@@ -584,7 +585,6 @@ class Tracker:
                     )
             self._count(owned, entry, changes)
             if entry.had_events or entry.alert_events:
-                flags = entry.flags if entry.judged else None
                 snapshot = status_snapshot(entry.state, entry.now, targets, flags)
                 await outbox.add(self.status, entry.key.encode("utf-8"), jsoncodec.dumps(snapshot))
                 snapshots += 1
